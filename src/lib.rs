@@ -1,0 +1,14 @@
+//! vallignus: a Linux-native runtime for untrusted AI agents.
+//!
+//! Map of the crate (see DESIGN.md for the whole picture):
+//! - [`cli`]: argument parsing and the verbs (`run`, `sessions`, `replay`).
+//! - [`policy`]: the validated limits of a run, from flags.
+//! - [`supervisor`]: spawning the agent, watching it, tearing it down.
+//! - [`cgroup`]: the per-run cgroup v2.
+//! - [`session`]: the forensic record (session.json, events.jsonl, logs).
+//! - [`sys`]: the only module with `unsafe`.
+
+pub mod cgroup;
+pub mod cli;
+pub mod session;
+pub mod sys;

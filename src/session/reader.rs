@@ -1,0 +1,169 @@
+//! Reading `events.jsonl` back: streaming (a run can have millions of
+//! events), tolerant of vallignus 0.4.2 files (no `seq`/`t_us`/`prev`) and of
+//! a last line cut short by a supervisor crash.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::path::Path;
+
+use base64::Engine;
+use serde::Deserialize;
+
+use super::event::Stream;
+
+/// One event as stored. Known fields are typed; the rest stays in `fields`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RecordedEvent {
+    #[serde(default)]
+    pub ts_ms: Option<i64>,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(default)]
+    pub t_us: Option<u64>,
+    #[serde(default)]
+    pub prev: Option<String>,
+    #[serde(default)]
+    pub line: Option<String>,
+    #[serde(default)]
+    pub line_b64: Option<String>,
+    #[serde(default)]
+    pub partial: bool,
+    #[serde(flatten)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl RecordedEvent {
+    pub fn stream(&self) -> Option<Stream> {
+        match self.kind.as_str() {
+            "stdout_line" => Some(Stream::Stdout),
+            "stderr_line" => Some(Stream::Stderr),
+            _ => None,
+        }
+    }
+
+    /// The raw bytes of an output line event (without newline).
+    pub fn line_bytes(&self) -> Option<Cow<'_, [u8]>> {
+        if let Some(l) = &self.line {
+            return Some(Cow::Borrowed(l.as_bytes()));
+        }
+        let b64 = self.line_b64.as_ref()?;
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .ok()
+            .map(Cow::Owned)
+    }
+
+    pub fn field(&self, key: &str) -> Option<&serde_json::Value> {
+        self.fields.get(key)
+    }
+
+    /// Time since the run started in microseconds: `t_us` when present,
+    /// else derived from `ts_ms` relative to `first_ts_ms` (0.4.2 files).
+    pub fn rel_us(&self, first_ts_ms: Option<i64>) -> u64 {
+        if let Some(t) = self.t_us {
+            return t;
+        }
+        match (self.ts_ms, first_ts_ms) {
+            (Some(t), Some(f)) if t >= f => ((t - f) as u64) * 1000,
+            _ => 0,
+        }
+    }
+}
+
+/// A line of the file that could not be read as an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLine {
+    /// 1-based line number in events.jsonl.
+    pub line_no: u64,
+    pub reason: String,
+    /// The last line, without a newline: typical of a crash mid-write.
+    pub truncated_tail: bool,
+}
+
+/// Iterator over the events of a file; bad lines are yielded as errors
+/// so callers can count or report them and go on.
+pub struct EventReader<R> {
+    input: R,
+    buf: Vec<u8>,
+    line_no: u64,
+}
+
+impl EventReader<BufReader<File>> {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        Ok(Self::new(BufReader::with_capacity(
+            1 << 16,
+            File::open(path)?,
+        )))
+    }
+}
+
+impl<R: BufRead> EventReader<R> {
+    pub fn new(input: R) -> Self {
+        Self {
+            input,
+            buf: Vec::new(),
+            line_no: 0,
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for EventReader<R> {
+    type Item = io::Result<Result<RecordedEvent, BadLine>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.buf.clear();
+            match self.input.read_until(b'\n', &mut self.buf) {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            self.line_no += 1;
+            let complete = self.buf.last() == Some(&b'\n');
+            let line = self.buf.trim_ascii();
+            if line.is_empty() {
+                continue;
+            }
+            return Some(Ok(serde_json::from_slice::<RecordedEvent>(line).map_err(
+                |e| BadLine {
+                    line_no: self.line_no,
+                    reason: e.to_string(),
+                    truncated_tail: !complete,
+                },
+            )));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_old_and_new_and_truncated() {
+        let data = b"{\"ts_ms\":1000,\"session_id\":\"s\",\"type\":\"run_started\",\"command\":[\"x\"],\"cwd\":\"/\"}\n\
+{\"ts_ms\":1005,\"session_id\":\"s\",\"type\":\"stdout_line\",\"line\":\"hello\"}\n\
+\n\
+{\"ts_ms\":1006,\"session_id\":\"s\",\"type\":\"stderr_line\",\"line_b64\":\"/w==\",\"partial\":true,\"seq\":2,\"t_us\":7}\n\
+{\"ts_ms\":10";
+        let evs: Vec<_> = EventReader::new(&data[..]).map(|r| r.unwrap()).collect();
+        assert_eq!(evs.len(), 4);
+        let e0 = evs[0].as_ref().unwrap();
+        assert_eq!(e0.kind, "run_started");
+        assert_eq!(e0.field("cwd").unwrap(), "/");
+        let e1 = evs[1].as_ref().unwrap();
+        assert_eq!(e1.stream(), Some(Stream::Stdout));
+        assert_eq!(e1.line_bytes().unwrap().as_ref(), b"hello");
+        assert_eq!(e1.rel_us(Some(1000)), 5000);
+        let e2 = evs[2].as_ref().unwrap();
+        assert_eq!(e2.line_bytes().unwrap().as_ref(), b"\xff");
+        assert!(e2.partial);
+        assert_eq!(e2.rel_us(Some(1000)), 7);
+        let bad = evs[3].as_ref().unwrap_err();
+        assert_eq!(bad.line_no, 5);
+        assert!(bad.truncated_tail);
+    }
+}

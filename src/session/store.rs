@@ -1,0 +1,326 @@
+//! Where sessions live and how they are written and read back.
+//!
+//! `<home>` is `$VALLIGNUS_HOME`, else `/var/lib/vallignus` for root, else
+//! `~/.vallignus`. Besides `sessions/`, the home has `running/`: one empty
+//! marker file per session whose supervisor has not finished yet, so that a
+//! later vallignus finds sessions left behind by a killed supervisor without
+//! scanning every session.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::id;
+use super::meta::SessionMeta;
+
+pub const HOME_ENV: &str = "VALLIGNUS_HOME";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("cannot determine the vallignus home: set {HOME_ENV} or HOME")]
+    NoHome,
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    InvalidId(#[from] id::InvalidId),
+    #[error("session not found: {id} (looked in {dir})")]
+    NotFound { id: String, dir: PathBuf },
+    #[error("session {id} is corrupt: {path}: {reason}")]
+    Corrupt {
+        id: String,
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SessionError + '_ {
+    move |source| SessionError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The vallignus home directory (not created).
+pub fn home_dir() -> Result<PathBuf, SessionError> {
+    if let Some(h) = std::env::var_os(HOME_ENV).filter(|h| !h.is_empty()) {
+        return Ok(PathBuf::from(h));
+    }
+    if nix::unistd::geteuid().is_root() {
+        return Ok(PathBuf::from("/var/lib/vallignus"));
+    }
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".vallignus"))
+        .ok_or(SessionError::NoHome)
+}
+
+/// Create `dir` and its parents with mode 0700 (existing dirs are left as they are).
+pub fn create_private_dir(dir: &Path) -> Result<(), SessionError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(dir))
+}
+
+/// Write `bytes` to `path` atomically: a 0600 temp file in the same
+/// directory, fsync, rename over the target.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SessionError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_data()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(io_err(path))
+}
+
+/// Open a new 0600 file that must not exist yet.
+pub fn create_private_file(path: &Path) -> Result<File, SessionError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))
+}
+
+/// The sessions of one vallignus home.
+#[derive(Debug, Clone)]
+pub struct Store {
+    home: PathBuf,
+}
+
+/// Result of listing: sessions that loaded, and how many directories did not.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub sessions: Vec<SessionMeta>,
+    pub unreadable: Vec<(String, String)>,
+}
+
+impl Store {
+    pub fn new(home: PathBuf) -> Self {
+        Self { home }
+    }
+
+    pub fn open_default() -> Result<Self, SessionError> {
+        Ok(Self::new(home_dir()?))
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    pub fn sessions_dir(&self) -> PathBuf {
+        self.home.join("sessions")
+    }
+
+    pub fn running_dir(&self) -> PathBuf {
+        self.home.join("running")
+    }
+
+    /// Directory of an existing session, after validating the id.
+    pub fn session_dir(&self, session_id: &str) -> Result<PathBuf, SessionError> {
+        let id = id::validate(session_id)?;
+        let dir = self.sessions_dir().join(id);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => Ok(dir),
+            Ok(_) => Err(SessionError::Corrupt {
+                id: id.into(),
+                path: dir,
+                reason: "not a directory".into(),
+            }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(SessionError::NotFound {
+                id: id.into(),
+                dir: self.sessions_dir(),
+            }),
+            Err(e) => Err(io_err(&dir)(e)),
+        }
+    }
+
+    /// Create a fresh session directory with a new unique id. Uniqueness
+    /// under concurrency comes from `mkdir` failing on an existing name.
+    pub fn create_session_dir(&self) -> Result<(String, PathBuf), SessionError> {
+        let sessions = self.sessions_dir();
+        create_private_dir(&sessions)?;
+        create_private_dir(&self.running_dir())?;
+        loop {
+            let session_id = id::generate();
+            let dir = sessions.join(&session_id);
+            match fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok((session_id, dir)),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io_err(&dir)(e)),
+            }
+        }
+    }
+
+    /// Load `session.json` of one session.
+    pub fn load(&self, session_id: &str) -> Result<SessionMeta, SessionError> {
+        let dir = self.session_dir(session_id)?;
+        load_meta(session_id, &dir)
+    }
+
+    /// All sessions, newest first. Unreadable ones are skipped and reported.
+    pub fn list(&self) -> Result<Listing, SessionError> {
+        let dir = self.sessions_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Listing::default()),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let mut listing = Listing::default();
+        for entry in entries {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            match load_meta(&name, &entry.path()) {
+                Ok(meta) => listing.sessions.push(meta),
+                Err(e) => listing.unreadable.push((name, e.to_string())),
+            }
+        }
+        listing.sessions.sort_by(|a, b| {
+            b.started_at_iso
+                .cmp(&a.started_at_iso)
+                .then_with(|| b.session_id.cmp(&a.session_id))
+        });
+        Ok(listing)
+    }
+
+    /// Mark a session as having a live supervisor.
+    pub fn mark_running(&self, session_id: &str) -> Result<(), SessionError> {
+        let path = self.running_dir().join(session_id);
+        File::create(&path).map(drop).map_err(io_err(&path))
+    }
+
+    pub fn clear_running(&self, session_id: &str) {
+        let _ = fs::remove_file(self.running_dir().join(session_id));
+    }
+
+    /// Ids with a running marker.
+    pub fn running_ids(&self) -> Vec<String> {
+        fs::read_dir(self.running_dir())
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| id::validate(n).is_ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Read and parse `<dir>/session.json`.
+pub fn load_meta(session_id: &str, dir: &Path) -> Result<SessionMeta, SessionError> {
+    let path = dir.join("session.json");
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(SessionError::Corrupt {
+                id: session_id.into(),
+                path,
+                reason: "missing (the session was never fully created)".into(),
+            })
+        }
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    let mut meta: SessionMeta =
+        serde_json::from_slice(&bytes).map_err(|e| SessionError::Corrupt {
+            id: session_id.into(),
+            path: path.clone(),
+            reason: format!("not valid session JSON: {e}"),
+        })?;
+    if meta.session_id.is_empty() {
+        meta.session_id = session_id.to_string();
+    }
+    Ok(meta)
+}
+
+/// Serialize and atomically write `session.json` into `dir`.
+pub fn save_meta(dir: &Path, meta: &SessionMeta) -> Result<(), SessionError> {
+    let path = dir.join("session.json");
+    let mut bytes = serde_json::to_vec_pretty(meta).map_err(|e| SessionError::Io {
+        path: path.clone(),
+        source: io::Error::other(e),
+    })?;
+    bytes.push(b'\n');
+    write_atomic(&path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn create_save_load_list() {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::new(home.path().join("h"));
+        let (id, dir) = store.create_session_dir().unwrap();
+        let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let meta = SessionMeta {
+            session_id: id.clone(),
+            started_at_iso: "2026-01-01T00:00:00".into(),
+            ..Default::default()
+        };
+        save_meta(&dir, &meta).unwrap();
+        let mode = fs::metadata(dir.join("session.json")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(store.load(&id).unwrap().session_id, id);
+
+        // A corrupt and a half-created session are skipped and counted.
+        fs::create_dir(store.sessions_dir().join("20260101-000000-broken")).unwrap();
+        let bad = store.sessions_dir().join("20260101-000000-badjsn");
+        fs::create_dir(&bad).unwrap();
+        fs::write(bad.join("session.json"), b"{\"session_id\": ").unwrap();
+        let listing = store.list().unwrap();
+        assert_eq!(listing.sessions.len(), 1);
+        assert_eq!(listing.unreadable.len(), 2);
+        assert!(matches!(
+            store.load("20260101-000000-badjsn"),
+            Err(SessionError::Corrupt { .. })
+        ));
+        assert!(matches!(store.load("nope"), Err(SessionError::NotFound { .. })));
+        assert!(matches!(store.load("../x"), Err(SessionError::InvalidId(_))));
+    }
+
+    #[test]
+    fn running_markers() {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::new(home.path().to_path_buf());
+        let (id, _) = store.create_session_dir().unwrap();
+        store.mark_running(&id).unwrap();
+        assert_eq!(store.running_ids(), vec![id.clone()]);
+        store.clear_running(&id);
+        assert!(store.running_ids().is_empty());
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+}
