@@ -72,7 +72,9 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match octal {
             Some(d) if bytes[i] == b'\\' => {
                 out.push(((d[0] - b'0') << 6) | ((d[1] - b'0') << 3) | (d[2] - b'0'));
@@ -120,11 +122,9 @@ fn check_writable(dir: &Path) -> Result<()> {
             source: io::Error::new(ErrorKind::NotFound, "no cgroup.procs in it"),
         });
     }
-    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).map_err(|e| {
-        CgroupError::NotWritable {
-            path: dir.into(),
-            source: e.into(),
-        }
+    nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).map_err(|e| CgroupError::NotWritable {
+        path: dir.into(),
+        source: e.into(),
     })
 }
 
@@ -268,12 +268,16 @@ impl Cgroup {
             path: events_path.clone(),
             source,
         })?;
+        let mut buf = [0u8; 512];
         loop {
-            let content = fs::read_to_string(&events_path).map_err(|source| CgroupError::Read {
-                path: events_path.clone(),
-                source,
+            // Reading through the polled file is what re-arms POLLPRI on kernfs.
+            let n = std::os::unix::fs::FileExt::read_at(&file, &mut buf, 0).map_err(|source| {
+                CgroupError::Read {
+                    path: events_path.clone(),
+                    source,
+                }
             })?;
-            if done(&content) {
+            if done(&String::from_utf8_lossy(&buf[..n])) {
                 return Ok(true);
             }
             let now = Instant::now();
@@ -292,10 +296,6 @@ impl Cgroup {
                         source: e.into(),
                     })
                 }
-            }
-            // A regular file (test fixture) is always "ready": don't spin.
-            if fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
-                std::thread::sleep(wait.min(Duration::from_millis(1)));
             }
         }
     }
@@ -391,7 +391,10 @@ mod tests {
     #[test]
     fn finds_pure_v2_mount_with_optional_fields() {
         let mi = "30 23 0:26 / /sys/fs/cgroup rw,nosuid shared:4 master:1 - cgroup2 cgroup2 rw,nsdelegate\n";
-        assert_eq!(find_cgroup2_mount(mi), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(
+            find_cgroup2_mount(mi),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
     }
 
     #[test]
@@ -445,7 +448,11 @@ mod tests {
             "usage_usec 10\nuser_usec 6\nsystem_usec 4\n",
         )
         .unwrap();
-        fs::write(cg.path().join("memory.events"), "low 0\noom 1\noom_kill 1\n").unwrap();
+        fs::write(
+            cg.path().join("memory.events"),
+            "low 0\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
         let stats = cg.stats();
         assert_eq!(stats.memory_peak_bytes, Some(1048576));
         assert_eq!(stats.cpu_usage_usec, Some(10));

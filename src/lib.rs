@@ -10,5 +10,7 @@
 
 pub mod cgroup;
 pub mod cli;
+pub mod policy;
 pub mod session;
+pub mod supervisor;
 pub mod sys;

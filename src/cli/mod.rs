@@ -1,1 +1,83 @@
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! Command-line interface: clap definitions (raw strings), validation into
+//! typed values, dispatch to the verbs. One file per verb.
+//!
+//! Exit codes: `run` follows DESIGN.md (child's code, 128+N, 124, 125,
+//! 126/127); a bad flag to `run` is 125 like any other setup failure. The
+//! other verbs exit 0 on success, 1 when what was asked for is missing or
+//! unreadable, 2 on a usage error.
+
+mod replay;
+mod run;
+mod sessions;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vallignus",
+    version,
+    about = "Run untrusted AI agents under kernel-enforced caps, and record everything they do",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a command under supervision: caps, teardown of every process, a session record.
+    Run(run::RunArgs),
+    /// List and inspect recorded sessions.
+    #[command(subcommand)]
+    Sessions(sessions::SessionsCommand),
+    /// Replay a session's output in the order it was produced.
+    Replay(replay::ReplayArgs),
+}
+
+/// Print an error with its chain of causes, once, prefixed `vallignus:`.
+pub(crate) fn print_error(err: &dyn std::error::Error) {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !msg.contains(&s_text) {
+            msg.push_str(": ");
+            msg.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    eprintln!("vallignus: error: {msg}");
+}
+
+/// Whether the arguments select the `run` verb (for its exit-code rules).
+fn is_run(args: &[std::ffi::OsString]) -> bool {
+    args.iter()
+        .skip(1)
+        .find(|a| !a.to_string_lossy().starts_with('-'))
+        .is_some_and(|a| a == "run")
+}
+
+pub fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let _ = e.print();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::from(2),
+                _ if is_run(&args) => ExitCode::from(125),
+                _ => ExitCode::from(2),
+            };
+        }
+    };
+    ExitCode::from(match cli.command {
+        Command::Run(a) => run::execute(a),
+        Command::Sessions(c) => sessions::execute(c),
+        Command::Replay(a) => replay::execute(a),
+    })
+}

@@ -310,14 +310,18 @@ mod tests {
     fn escapes_and_binary() {
         let mut w = EventWriter::new(Vec::new(), "s", Instant::now());
         let tricky = "q\"b\\s\r\t\u{1}\u{7f}é\u{2028}";
-        w.emit_line(Stream::Stderr, tricky.as_bytes(), true).unwrap();
-        w.emit_line(Stream::Stdout, b"\xff\xfeok\x00", false).unwrap();
+        w.emit_line(Stream::Stderr, tricky.as_bytes(), true)
+            .unwrap();
+        w.emit_line(Stream::Stdout, b"\xff\xfeok\x00", false)
+            .unwrap();
         let evs = lines(&w.into_inner());
         assert_eq!(evs[0]["line"], tricky);
         assert_eq!(evs[0]["partial"], true);
         assert_eq!(evs[0]["type"], "stderr_line");
         let b64 = evs[1]["line_b64"].as_str().unwrap();
-        let decoded = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
         assert_eq!(decoded, b"\xff\xfeok\x00");
         assert!(evs[1].get("line").is_none());
     }

@@ -72,7 +72,10 @@ mod tests {
         assert_eq!(parts.len(), 3, "{id}");
         assert_eq!(parts[0].len(), 8);
         assert_eq!(parts[1].len(), 6);
-        assert!(parts[0].bytes().chain(parts[1].bytes()).all(|b| b.is_ascii_digit()));
+        assert!(parts[0]
+            .bytes()
+            .chain(parts[1].bytes())
+            .all(|b| b.is_ascii_digit()));
         assert_eq!(parts[2].len(), 6);
         assert!(parts[2].bytes().all(|b| ALPHABET.contains(&b)));
         assert!(validate(&id).is_ok());
@@ -86,7 +89,9 @@ mod tests {
 
     #[test]
     fn rejects_traversal_and_separators() {
-        for bad in ["../etc", "..", ".", "a/b", "a\\b", "", "x\0y", ".hidden", "a b"] {
+        for bad in [
+            "../etc", "..", ".", "a/b", "a\\b", "", "x\0y", ".hidden", "a b",
+        ] {
             assert!(validate(bad).is_err(), "{bad:?} accepted");
         }
         assert!(validate(&"a".repeat(129)).is_err());

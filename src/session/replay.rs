@@ -220,15 +220,24 @@ mod tests {
             ev(r#"{"type":"stderr_line","seq":2,"t_us":3000,"line":"err1"}"#),
             ev(r#"{"type":"stdout_line","seq":3,"t_us":503000,"line_b64":"/w==","partial":true}"#),
             ev(r#"{"type":"stdout_line","seq":4,"t_us":504000,"line":"tail"}"#),
-            ev(r#"{"type":"stdout_line","seq":5,"t_us":505000,"line":"no-newline","partial":true}"#),
+            ev(
+                r#"{"type":"stdout_line","seq":5,"t_us":505000,"line":"no-newline","partial":true}"#,
+            ),
         ]
     }
 
     #[test]
     fn raw_text_is_byte_exact_per_stream() {
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let stats = replay_text(sample().into_iter(), false, None, &mut out, &mut err, &mut |_| {})
-            .unwrap();
+        let stats = replay_text(
+            sample().into_iter(),
+            false,
+            None,
+            &mut out,
+            &mut err,
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(out, b"out1\n\xfftail\nno-newline");
         assert_eq!(err, b"err1\n");
         assert_eq!(stats.stdout_events, 4);
@@ -238,9 +247,20 @@ mod tests {
     #[test]
     fn timestamps_prefix_line_starts_only() {
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        replay_text(sample().into_iter(), true, None, &mut out, &mut err, &mut |_| {}).unwrap();
+        replay_text(
+            sample().into_iter(),
+            true,
+            None,
+            &mut out,
+            &mut err,
+            &mut |_| {},
+        )
+        .unwrap();
         let out = String::from_utf8_lossy(&out);
-        assert!(out.starts_with("[  0.001s] out1\n[  0.503s] \u{fffd}tail\n[  0.505s] no-newline"), "{out}");
+        assert!(
+            out.starts_with("[  0.001s] out1\n[  0.503s] \u{fffd}tail\n[  0.505s] no-newline"),
+            "{out}"
+        );
         assert_eq!(err, b"[  0.003s] err1\n");
     }
 

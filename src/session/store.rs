@@ -283,7 +283,11 @@ mod tests {
             ..Default::default()
         };
         save_meta(&dir, &meta).unwrap();
-        let mode = fs::metadata(dir.join("session.json")).unwrap().permissions().mode() & 0o777;
+        let mode = fs::metadata(dir.join("session.json"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(store.load(&id).unwrap().session_id, id);
 
@@ -299,8 +303,14 @@ mod tests {
             store.load("20260101-000000-badjsn"),
             Err(SessionError::Corrupt { .. })
         ));
-        assert!(matches!(store.load("nope"), Err(SessionError::NotFound { .. })));
-        assert!(matches!(store.load("../x"), Err(SessionError::InvalidId(_))));
+        assert!(matches!(
+            store.load("nope"),
+            Err(SessionError::NotFound { .. })
+        ));
+        assert!(matches!(
+            store.load("../x"),
+            Err(SessionError::InvalidId(_))
+        ));
     }
 
     #[test]

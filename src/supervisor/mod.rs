@@ -1,0 +1,439 @@
+//! `vallignus run`: one linear, commented setup (compare Firecracker's
+//! jailer), then the watch loop, then teardown. The order matters and
+//! follows DESIGN.md "The run pipeline":
+//!
+//! 1. validate what this build can enforce (fail closed)
+//! 2. signals: block and read them from a signalfd (before any child exists)
+//! 3. reap what dead supervisors left behind
+//! 4. open the session
+//! 5. create the run's cgroup (or, with --best-effort, a process group)
+//! 6. fork the child straight into the cgroup; it waits for "go"
+//! 7. go: the child sets itself up and execs the agent
+//! 8. supervise until every process of the run is gone
+//! 9. teardown: remove the cgroup, write the final events and session.json
+
+pub mod channel;
+mod child;
+pub mod console;
+pub mod containment;
+pub mod journal;
+pub mod output;
+pub mod reap;
+pub mod record;
+pub mod spawn;
+pub mod violation;
+pub mod watch;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::WaitStatus;
+
+use crate::cgroup::{self, Cgroup, CgroupError};
+use crate::policy::RunPolicy;
+use crate::session::meta::{Enforcement, Limits, SupervisorInfo};
+use crate::session::store::{SessionError, Store};
+use crate::session::{id, Event, Status};
+use console::Console;
+use containment::Containment;
+use journal::Journal;
+use output::{OutputCaps, Recorder};
+use record::Record;
+use spawn::SpawnError;
+use watch::{Outcome, WatchConfig};
+
+/// Signals that end a run gracefully when vallignus receives them.
+const HANDLED_SIGNALS: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("cannot set up signal handling: {0}")]
+    Signals(#[source] nix::Error),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error("cannot create the run's cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
+    #[error("{0}")]
+    Spawn(#[from] SpawnError),
+    #[error("cannot write the session id to {path}: {source}")]
+    SessionIdFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the console writer: {0}")]
+    Console(#[source] std::io::Error),
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Spawn(e) => e.exit_code(),
+            _ => 125,
+        }
+    }
+}
+
+/// What `vallignus run` reports back to the CLI.
+#[derive(Debug)]
+pub struct RunReport {
+    pub exit_code: u8,
+    pub session_id: Option<String>,
+}
+
+fn note(policy: &RunPolicy, msg: &str) {
+    if !policy.quiet {
+        eprintln!("vallignus: {msg}");
+    }
+}
+
+/// Which layers a run enforces; written to `session.json`.
+type EnforcementMap = BTreeMap<String, Enforcement>;
+
+fn enforced(map: &mut EnforcementMap, layer: &str, enforced: bool, detail: impl Into<String>) {
+    map.insert(
+        layer.into(),
+        Enforcement {
+            enforced,
+            detail: detail.into(),
+        },
+    );
+}
+
+pub fn run(command: &[String], policy: &RunPolicy) -> Result<RunReport, RunError> {
+    let started = Instant::now();
+    let mut enforcement = EnforcementMap::new();
+
+    // 1. What this build cannot enforce yet is an error, not a silent no-op.
+    check_enforceable(policy, &mut enforcement)?;
+
+    // 2. Signals. Blocked here (inherited blocked by the child, which
+    //    unblocks them before exec) and read from a signalfd in the loop, so
+    //    a Ctrl-C at any point is seen and ends the run cleanly. SIGPIPE is
+    //    ignored: a closed stdout is an EPIPE to handle, not our death.
+    let mut mask = SigSet::empty();
+    for s in HANDLED_SIGNALS {
+        mask.add(s);
+    }
+    mask.thread_block().map_err(RunError::Signals)?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(RunError::Signals)?;
+    crate::sys::ignore_sigpipe()
+        .map_err(|e| RunError::Signals(nix::Error::from_raw(e.raw_os_error().unwrap_or(0))))?;
+
+    // 3. Leftovers of supervisors that were SIGKILLed.
+    let store = Store::open_default()?;
+    let cgroup_base = cgroup::resolve_base();
+    reap_leftovers(&store, cgroup_base.as_ref().ok(), policy);
+
+    // 4. The session (or just an id for the cgroup name with --no-session).
+    let me = SupervisorInfo {
+        pid: std::process::id() as i32,
+        start_time: reap::proc_start_time(std::process::id() as i32).unwrap_or(0),
+        cgroup: None,
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let limits = Limits {
+        max_runtime_secs: policy.max_runtime.map(|d| d.as_secs_f64()),
+        max_output_lines: policy.max_output_lines,
+        max_output_bytes: policy.max_output_bytes,
+        max_requests: policy.max_requests,
+        kill_grace_secs: policy.kill_grace.as_secs_f64(),
+    };
+    let (mut record, mut journal) = if policy.record_session {
+        let (r, j) = Record::open(store.clone(), command, limits, me.clone(), started)?;
+        (Some(r), j)
+    } else {
+        (None, Journal::disabled())
+    };
+    let session_id = record
+        .as_ref()
+        .map_or_else(id::generate, |r| r.id().to_string());
+    let result = run_session(
+        command,
+        policy,
+        &session_id,
+        &me,
+        cgroup_base,
+        &mut enforcement,
+        &mut record,
+        &mut journal,
+        &signals,
+        started,
+    );
+    match result {
+        Ok(report) => Ok(report),
+        Err(e) => {
+            // Nothing ran (or the agent could not start): say so in the session.
+            if let Some(mut r) = record {
+                r.meta.error = Some(e.to_string());
+                r.meta.enforcement = enforcement;
+                r.meta.vallignus_exit_code = Some(i32::from(e.exit_code()));
+                let _ = journal.flush();
+                let _ = r.finish(Status::FailedToStart);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn check_enforceable(policy: &RunPolicy, enforcement: &mut EnforcementMap) -> Result<(), RunError> {
+    let mut missing = Vec::new();
+    if policy.max_requests.is_some() {
+        missing.push("--max-requests (needs the network proxy, not in this build yet)");
+        enforced(
+            enforcement,
+            "max_requests",
+            false,
+            "the network proxy is not in this build yet",
+        );
+    }
+    if policy.token.is_some() {
+        missing.push("--token (token verification is not in this build yet)");
+        enforced(
+            enforcement,
+            "token",
+            false,
+            "token verification is not in this build yet",
+        );
+    }
+    if missing.is_empty() || policy.best_effort {
+        for m in &missing {
+            note(policy, &format!("not enforced (--best-effort): {m}"));
+        }
+        return Ok(());
+    }
+    Err(RunError::Unsupported(format!(
+        "cannot enforce {}; refusing to run (use --best-effort to run without it)",
+        missing.join(", ")
+    )))
+}
+
+fn reap_leftovers(store: &Store, cgroup_base: Option<&std::path::PathBuf>, policy: &RunPolicy) {
+    if let Some(base) = cgroup_base {
+        for name in reap::reap_cgroups(base) {
+            note(
+                policy,
+                &format!("removed the cgroup {name} of a supervisor that died"),
+            );
+        }
+    }
+    for id in reap::reap_sessions(store) {
+        note(
+            policy,
+            &format!("session {id} was left by a supervisor that died: marked interrupted"),
+        );
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_session(
+    command: &[String],
+    policy: &RunPolicy,
+    session_id: &str,
+    me: &SupervisorInfo,
+    cgroup_base: Result<std::path::PathBuf, CgroupError>,
+    enforcement: &mut EnforcementMap,
+    record: &mut Option<Record>,
+    journal: &mut Journal,
+    signals: &SignalFd,
+    started: Instant,
+) -> Result<RunReport, RunError> {
+    if let Some(path) = &policy.session_id_file {
+        std::fs::write(path, format!("{session_id}\n")).map_err(|source| {
+            RunError::SessionIdFile {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
+    let _ = journal.emit(&Event::RunStarted {
+        command: command.to_vec(),
+        cwd: record
+            .as_ref()
+            .map(|r| r.meta.cwd.clone())
+            .unwrap_or_default(),
+    });
+
+    // 5. Containment: the run's own cgroup, or (best effort) a process group.
+    let containment = match cgroup_base.and_then(|base| {
+        Cgroup::create(base.join(cgroup::run_cgroup_name(me.pid, me.start_time, session_id)))
+    }) {
+        Ok(cg) => {
+            enforced(enforcement, "cgroup", true, cg.path().display().to_string());
+            if let Some(r) = record.as_mut() {
+                if let Some(s) = r.meta.supervisor.as_mut() {
+                    s.cgroup = Some(cg.path().display().to_string());
+                }
+            }
+            Some(cg)
+        }
+        Err(e) if policy.best_effort => {
+            note(
+                policy,
+                &format!("not enforced (--best-effort): no cgroup: {e}; using a process group"),
+            );
+            enforced(enforcement, "cgroup", false, format!("not enforced: {e}"));
+            enforced(
+                enforcement,
+                "process_group",
+                true,
+                "teardown signals the agent's process group; a process that calls setsid escapes it",
+            );
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(r) = record.as_mut() {
+        r.meta.enforcement = enforcement.clone();
+        r.save()?;
+    }
+
+    // 6. Fork into the cgroup; the child waits for "go".
+    let pending = spawn::fork(command, containment.as_ref().map(Cgroup::dir_fd))?;
+    let containment = match containment {
+        Some(cg) => Containment::Cgroup(cg),
+        None => Containment::ProcessGroup { pgid: pending.pid },
+    };
+
+    // 7. Go. The child reports a failed step (exit 125/126/127) or execs.
+    if let Err(e) = pending.go() {
+        let _ = containment.ensure_empty(Duration::from_secs(2));
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pending.pid), None);
+        remove_containment(containment, policy);
+        return Err(e.into());
+    }
+    let child = pending.into_running();
+    let _ = journal.emit(&Event::ProcessStarted { pid: child.pid });
+
+    // 8. Supervise.
+    let mut console = Console::start().map_err(RunError::Console)?;
+    let mut recorder = Recorder::new(OutputCaps {
+        max_lines: policy.max_output_lines,
+        max_bytes: policy.max_output_bytes,
+    });
+    let outcome = watch::watch(
+        child,
+        &containment,
+        journal,
+        &mut recorder,
+        &mut console,
+        signals,
+        &WatchConfig {
+            started,
+            max_runtime: policy.max_runtime,
+            kill_grace: policy.kill_grace,
+            quiet: policy.quiet,
+        },
+    );
+    console.finish();
+
+    // 9. Teardown: nothing may outlive the run.
+    if !containment
+        .ensure_empty(Duration::from_secs(5))
+        .unwrap_or(false)
+    {
+        note(policy, "some processes of the run could not be killed");
+    }
+    let stats = match &containment {
+        Containment::Cgroup(cg) => Some(cg.stats()),
+        Containment::ProcessGroup { .. } => None,
+    };
+    remove_containment(containment, policy);
+
+    let report = finish(policy, record, journal, &recorder, &outcome, stats, started);
+    Ok(report)
+}
+
+fn remove_containment(containment: Containment, policy: &RunPolicy) {
+    if let Containment::Cgroup(cg) = containment {
+        let path = cg.path().display().to_string();
+        if let Err(e) = cg.remove() {
+            note(
+                policy,
+                &format!("cannot remove the run's cgroup {path}: {e}"),
+            );
+        }
+    }
+}
+
+fn finish(
+    policy: &RunPolicy,
+    record: &mut Option<Record>,
+    journal: &mut Journal,
+    recorder: &Recorder,
+    outcome: &Outcome,
+    stats: Option<crate::cgroup::CgroupStats>,
+    started: Instant,
+) -> RunReport {
+    use crate::session::Stream;
+    let duration = outcome.ended.duration_since(started);
+    let (child_code, child_signal) = match outcome.status {
+        Some(WaitStatus::Exited(_, code)) => (Some(i64::from(code)), None),
+        Some(WaitStatus::Signaled(_, sig, _)) => (Some(128 + sig as i64), Some(sig as i32)),
+        _ => (None, None),
+    };
+    let exit_code: u8 = match (&outcome.violation, child_code) {
+        (Some(v), _) => v.exit_code(),
+        (None, Some(code)) => code.clamp(0, 255) as u8,
+        (None, None) => 125,
+    };
+    let _ = journal.emit(&Event::RunFinished {
+        duration_ms: duration.as_millis() as u64,
+    });
+    let _ = journal.flush();
+
+    let Some(mut r) = record.take() else {
+        return RunReport {
+            exit_code,
+            session_id: None,
+        };
+    };
+    let m = &mut r.meta;
+    m.exit_code = child_code;
+    m.exit_signal = child_signal;
+    m.vallignus_exit_code = Some(i32::from(exit_code));
+    m.duration_ms = Some(duration.as_millis() as u64);
+    m.stdout_lines = recorder.lines(Stream::Stdout);
+    m.stderr_lines = recorder.lines(Stream::Stderr);
+    m.stdout_bytes = recorder.bytes(Stream::Stdout);
+    m.stderr_bytes = recorder.bytes(Stream::Stderr);
+    if let Some(v) = &outcome.violation {
+        m.termination_reason = Some(v.reason().into());
+        m.termination_limit_value = Some(v.limit_value());
+        m.termination_observed_value = Some(v.observed_value());
+    }
+    m.stats = stats;
+    let status = if outcome.violation.is_some() {
+        Status::Terminated
+    } else {
+        Status::Finished
+    };
+    let id = r.id().to_string();
+    if let Err(e) = r.finish(status) {
+        note(policy, &format!("cannot write session.json: {e}"));
+    }
+    note(policy, &format!("session {id} (vallignus replay {id})"));
+    RunReport {
+        exit_code,
+        session_id: Some(id),
+    }
+}
+
+/// Unblock the handled signals again (for callers that continue after a run,
+/// such as tests that run several in one process).
+pub fn restore_signal_mask() {
+    let mut mask = SigSet::empty();
+    for s in HANDLED_SIGNALS {
+        mask.add(s);
+    }
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&mask), None);
+}

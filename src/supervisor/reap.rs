@@ -1,0 +1,123 @@
+//! Cleaning up after supervisors that died without tearing down (SIGKILL,
+//! OOM, power loss): their run cgroups are killed and removed, and their
+//! sessions are marked `interrupted`. Runs at the start of every vallignus
+//! invocation that touches sessions or cgroups; it only acts on runs whose
+//! supervisor is provably gone (pid + start time no longer match).
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::cgroup::{parse_run_cgroup_name, Cgroup};
+use crate::session::store::{load_meta, save_meta, Store};
+use crate::session::Status;
+
+/// Start time (clock ticks since boot) of `pid`, from `/proc/<pid>/stat`.
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+/// Field 22 of a `/proc/<pid>/stat` line. The command name (field 2) may
+/// contain spaces and parentheses, so fields are counted after the last ')'.
+pub fn parse_start_time(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    // After ')' come fields 3, 4, ...; field 22 is the 20th of them.
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the supervisor identified by (pid, start time) still runs.
+pub fn supervisor_alive(pid: i32, start_time: u64) -> bool {
+    proc_start_time(pid) == Some(start_time)
+}
+
+/// Kill and remove run cgroups under `base` whose supervisor is gone.
+/// Returns the names removed.
+pub fn reap_cgroups(base: &Path) -> Vec<String> {
+    let mut reaped = Vec::new();
+    let Ok(entries) = fs::read_dir(base) else {
+        return reaped;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((pid, start, _id)) = parse_run_cgroup_name(&name) else {
+            continue;
+        };
+        if supervisor_alive(pid, start) {
+            continue;
+        }
+        if remove_cgroup_tree(&entry.path()).is_ok() {
+            reaped.push(name);
+        }
+    }
+    reaped
+}
+
+/// Kill everything in a cgroup and its descendants, then remove them all
+/// (children first: rmdir only works on an empty, childless cgroup).
+fn remove_cgroup_tree(path: &Path) -> std::io::Result<()> {
+    let cg = Cgroup::open(path.to_path_buf()).map_err(std::io::Error::other)?;
+    let _ = cg.kill();
+    let _ = cg.wait_empty(Duration::from_secs(2));
+    if let Ok(entries) = fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path())?;
+            }
+        }
+    }
+    cg.remove().map_err(std::io::Error::other)
+}
+
+/// Mark sessions of dead supervisors as interrupted. Returns their ids.
+pub fn reap_sessions(store: &Store) -> Vec<String> {
+    let mut reaped = Vec::new();
+    for id in store.running_ids() {
+        let dir = store.sessions_dir().join(&id);
+        let Ok(mut meta) = load_meta(&id, &dir) else {
+            // No readable session behind the marker: nothing to mark.
+            if !dir.exists() {
+                store.clear_running(&id);
+            }
+            continue;
+        };
+        let alive = meta
+            .supervisor
+            .as_ref()
+            .is_some_and(|s| supervisor_alive(s.pid, s.start_time));
+        if alive {
+            continue;
+        }
+        if meta.status == Some(Status::Running) {
+            meta.status = Some(Status::Interrupted);
+            meta.termination_reason = Some("supervisor_lost".into());
+            if save_meta(&dir, &meta).is_err() {
+                continue;
+            }
+        }
+        store.clear_running(&id);
+        reaped.push(id);
+    }
+    reaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_awkward_comm() {
+        let stat =
+            "1234 (a) b) (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_start_time(stat), Some(987654));
+        assert_eq!(parse_start_time("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_is_alive() {
+        let me = std::process::id() as i32;
+        let start = proc_start_time(me).unwrap();
+        assert!(supervisor_alive(me, start));
+        assert!(!supervisor_alive(me, start + 1));
+    }
+}

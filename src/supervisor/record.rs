@@ -1,0 +1,84 @@
+//! The session of one run, from `session.json` with `status: running` to
+//! the final, atomically written `session.json`.
+
+use std::io::BufWriter;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::session::meta::{env_summary, Limits, SupervisorInfo};
+use crate::session::store::{create_private_file, save_meta, SessionError, Store};
+use crate::session::{EventWriter, SessionMeta, Status};
+
+use super::journal::Journal;
+
+pub struct Record {
+    store: Store,
+    pub dir: PathBuf,
+    pub meta: SessionMeta,
+}
+
+fn now_iso() -> String {
+    chrono::Local::now()
+        .format("%Y-%m-%dT%H:%M:%S%.6f%:z")
+        .to_string()
+}
+
+impl Record {
+    /// Create the session directory and files, write the initial
+    /// `session.json` (status running) and the running marker.
+    pub fn open(
+        store: Store,
+        command: &[String],
+        limits: Limits,
+        supervisor: SupervisorInfo,
+        started: Instant,
+    ) -> Result<(Self, Journal), SessionError> {
+        let (session_id, dir) = store.create_session_dir()?;
+        let cwd = std::env::current_dir()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let meta = SessionMeta {
+            session_id: session_id.clone(),
+            started_at_iso: now_iso(),
+            command: command.to_vec(),
+            cwd,
+            env_summary: env_summary(
+                std::env::vars_os()
+                    .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+            ),
+            status: Some(Status::Running),
+            limits: Some(limits),
+            supervisor: Some(supervisor),
+            ..Default::default()
+        };
+        let events = create_private_file(&dir.join("events.jsonl"))?;
+        let stdout_log = create_private_file(&dir.join("stdout.log"))?;
+        let stderr_log = create_private_file(&dir.join("stderr.log"))?;
+        save_meta(&dir, &meta)?;
+        store.mark_running(&session_id)?;
+        let writer = EventWriter::new(
+            BufWriter::with_capacity(Journal::event_buffer_size(), events),
+            &session_id,
+            started,
+        );
+        let journal = Journal::new(writer, stdout_log, stderr_log);
+        Ok((Self { store, dir, meta }, journal))
+    }
+
+    pub fn id(&self) -> &str {
+        &self.meta.session_id
+    }
+
+    pub fn save(&self) -> Result<(), SessionError> {
+        save_meta(&self.dir, &self.meta)
+    }
+
+    /// Write the final `session.json` and drop the running marker.
+    pub fn finish(mut self, status: Status) -> Result<(), SessionError> {
+        self.meta.status = Some(status);
+        self.meta.finished_at_iso = Some(now_iso());
+        let result = self.save();
+        self.store.clear_running(&self.meta.session_id);
+        result
+    }
+}

@@ -1,0 +1,168 @@
+//! Starting the agent: pipes, fork straight into the run's cgroup (clone3
+//! with `CLONE_INTO_CGROUP` and a pidfd), then the go/exec handshake.
+//!
+//! The child is created blocked on a pipe; the parent does its side of the
+//! setup and then says "go". The child reports a failing step over a
+//! close-on-exec error pipe (see [`super::channel`]); EOF on that pipe means
+//! `execve` succeeded.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::unistd::pipe2;
+
+use super::channel::{ChildError, MESSAGE_LEN};
+use super::child::{self, ChildFds};
+use crate::sys::{self, Forked};
+
+/// Bigger pipes mean fewer wake-ups per megabyte of output.
+const PIPE_SIZE: i32 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("invalid command: {0}")]
+    BadCommand(String),
+    #[error("cannot create a pipe: {0}")]
+    Pipe(#[source] io::Error),
+    #[error("cannot fork the agent: {0}")]
+    Fork(#[source] io::Error),
+    #[error("cannot start the agent: {0}")]
+    Handshake(#[source] io::Error),
+    #[error("{0}")]
+    Child(ChildError),
+}
+
+impl SpawnError {
+    /// Exit code of `vallignus run` for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SpawnError::Child(e) => e.exit_code(),
+            _ => 125,
+        }
+    }
+}
+
+/// A forked child waiting for "go".
+pub struct Pending {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    go: File,
+    errors: File,
+}
+
+/// A child that has exec'd the agent.
+pub struct Running {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+fn to_cstrings(argv: &[String]) -> Result<Vec<CString>, SpawnError> {
+    if argv.is_empty() {
+        return Err(SpawnError::BadCommand("no command given".into()));
+    }
+    argv.iter()
+        .map(|a| {
+            CString::new(a.as_bytes())
+                .map_err(|_| SpawnError::BadCommand(format!("argument {a:?} contains a NUL byte")))
+        })
+        .collect()
+}
+
+fn pipe_pair() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    pipe2(OFlag::O_CLOEXEC).map_err(|e| SpawnError::Pipe(e.into()))
+}
+
+/// Fork the child into `cgroup` (or plain, for best-effort runs). The
+/// process must be single-threaded (checked by [`sys::fork_into_cgroup`]).
+pub fn fork(argv: &[String], cgroup: Option<BorrowedFd<'_>>) -> Result<Pending, SpawnError> {
+    let argv = to_cstrings(argv)?;
+    let (out_r, out_w) = pipe_pair()?;
+    let (err_r, err_w) = pipe_pair()?;
+    let (go_r, go_w) = pipe_pair()?;
+    let (msg_r, msg_w) = pipe_pair()?;
+    for fd in [&out_r, &err_r] {
+        // Larger pipes are an optimisation only; keep the default on failure.
+        let _ = fcntl(fd.as_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+    }
+    let parent_pid = nix::unistd::getpid().as_raw();
+
+    match sys::fork_into_cgroup(cgroup, 0).map_err(SpawnError::Fork)? {
+        Forked::Child => child::run(
+            &argv,
+            ChildFds {
+                parent_pid,
+                go: go_r,
+                errors: msg_w,
+                stdout: out_w,
+                stderr: err_w,
+                parent_ends: [out_r, err_r, go_w, msg_r],
+            },
+        ),
+        Forked::Parent { pid, pidfd } => {
+            // The child's ends are closed here when they drop, so EOF on
+            // stdout/stderr means every process that inherited them is gone.
+            drop((out_w, err_w, go_r, msg_w));
+            for fd in [&out_r, &err_r] {
+                let flags =
+                    fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(|e| SpawnError::Pipe(e.into()))?;
+                let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+                fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags))
+                    .map_err(|e| SpawnError::Pipe(e.into()))?;
+            }
+            Ok(Pending {
+                pid,
+                pidfd,
+                stdout: out_r,
+                stderr: err_r,
+                go: File::from(go_w),
+                errors: File::from(msg_r),
+            })
+        }
+    }
+}
+
+impl Pending {
+    /// Let the child continue, and wait until it has exec'd the agent or
+    /// reported why it could not. On error the caller still owns the child
+    /// (to reap it and clean up).
+    pub fn go(&self) -> Result<(), SpawnError> {
+        (&self.go).write_all(b"g").map_err(SpawnError::Handshake)?;
+        let mut buf = [0u8; MESSAGE_LEN];
+        let mut got = 0;
+        while got < MESSAGE_LEN {
+            match (&self.errors).read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(SpawnError::Handshake(e)),
+            }
+        }
+        match got {
+            0 => Ok(()),
+            MESSAGE_LEN => Err(ChildError::decode(&buf)
+                .map(SpawnError::Child)
+                .unwrap_or_else(|| {
+                    SpawnError::Handshake(io::Error::other("malformed message from the child"))
+                })),
+            _ => Err(SpawnError::Handshake(io::Error::other(
+                "truncated message from the child",
+            ))),
+        }
+    }
+
+    pub fn into_running(self) -> Running {
+        Running {
+            pid: self.pid,
+            pidfd: self.pidfd,
+            stdout: self.stdout,
+            stderr: self.stderr,
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Why vallignus ended a run: the `termination_reason` values and the
+//! limit/observed pair recorded with each (see DESIGN.md).
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Violation {
+    MaxRuntime {
+        limit: Duration,
+        observed: Duration,
+    },
+    MaxOutputLines {
+        limit: u64,
+        observed: u64,
+    },
+    MaxOutputBytes {
+        limit: u64,
+        observed: u64,
+    },
+    /// vallignus itself got SIGINT/SIGTERM/SIGHUP/SIGQUIT.
+    Signal(i32),
+    /// The session could not be written (disk full...): stop the agent
+    /// rather than let it run unrecorded.
+    RecordingFailed(String),
+}
+
+/// Seconds as a JSON number: whole seconds stay integers (as 0.4.2 wrote
+/// them), fractions keep millisecond precision.
+fn secs(d: Duration) -> serde_json::Number {
+    if d.subsec_nanos() == 0 {
+        d.as_secs().into()
+    } else {
+        let ms = d.as_millis() as f64 / 1000.0;
+        serde_json::Number::from_f64(ms).unwrap_or_else(|| d.as_secs().into())
+    }
+}
+
+impl Violation {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Violation::MaxRuntime { .. } => "max_runtime",
+            Violation::MaxOutputLines { .. } => "max_output_lines",
+            Violation::MaxOutputBytes { .. } => "max_output_bytes",
+            Violation::Signal(_) => "signal",
+            Violation::RecordingFailed(_) => "recording_failed",
+        }
+    }
+
+    pub fn limit_value(&self) -> serde_json::Number {
+        match self {
+            Violation::MaxRuntime { limit, .. } => secs(*limit),
+            Violation::MaxOutputLines { limit, .. } | Violation::MaxOutputBytes { limit, .. } => {
+                (*limit).into()
+            }
+            Violation::Signal(n) => (*n).into(),
+            Violation::RecordingFailed(_) => 0.into(),
+        }
+    }
+
+    pub fn observed_value(&self) -> serde_json::Number {
+        match self {
+            Violation::MaxRuntime { observed, .. } => secs(*observed),
+            Violation::MaxOutputLines { observed, .. }
+            | Violation::MaxOutputBytes { observed, .. } => (*observed).into(),
+            Violation::Signal(n) => (*n).into(),
+            Violation::RecordingFailed(_) => 0.into(),
+        }
+    }
+
+    /// Exit code of `vallignus run` when this violation ended the run.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Violation::Signal(n) => 128u8.saturating_add(*n as u8),
+            Violation::RecordingFailed(_) => 125,
+            _ => 124,
+        }
+    }
+
+    /// One line for stderr.
+    pub fn describe(&self) -> String {
+        match self {
+            Violation::Signal(n) => format!(
+                "received {}, ending the run",
+                nix::sys::signal::Signal::try_from(*n).map_or("a signal", |s| s.as_str())
+            ),
+            Violation::RecordingFailed(e) => {
+                format!("cannot record the session ({e}), ending the run")
+            }
+            v => format!(
+                "{}: limit {}, observed {}, ending the run",
+                v.reason(),
+                v.limit_value(),
+                v.observed_value()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_and_codes() {
+        let v = Violation::MaxRuntime {
+            limit: Duration::from_secs(2),
+            observed: Duration::from_millis(2003),
+        };
+        assert_eq!(v.limit_value().to_string(), "2");
+        assert_eq!(v.observed_value().to_string(), "2.003");
+        assert_eq!(v.exit_code(), 124);
+        assert_eq!(Violation::Signal(15).exit_code(), 143);
+        assert!(Violation::Signal(2).describe().contains("SIGINT"));
+        let v = Violation::MaxOutputLines {
+            limit: 10,
+            observed: 11,
+        };
+        assert_eq!(
+            v.describe(),
+            "max_output_lines: limit 10, observed 11, ending the run"
+        );
+    }
+}
