@@ -44,10 +44,12 @@ pub(crate) fn exit_code_for(e: &SessionError) -> u8 {
     }
 }
 
-/// Open the store and mark sessions of dead supervisors interrupted.
+/// Open the store, after cleaning up what dead supervisors left behind
+/// (their cgroups are killed and removed, their sessions marked interrupted).
 pub(crate) fn open_store() -> Result<Store, SessionError> {
     let store = Store::open_default()?;
-    reap::reap_sessions(&store);
+    let base = crate::cgroup::resolve_base().ok();
+    reap::reap_leftovers(&store, base.as_deref(), |msg| eprintln!("vallignus: {msg}"));
     Ok(store)
 }
 

@@ -132,7 +132,7 @@ pub fn run(command: &[String], policy: &RunPolicy) -> Result<RunReport, RunError
     // 3. Leftovers of supervisors that were SIGKILLed.
     let store = Store::open_default()?;
     let cgroup_base = cgroup::resolve_base();
-    reap_leftovers(&store, cgroup_base.as_ref().ok(), policy);
+    reap::reap_leftovers(&store, cgroup_base.as_deref().ok(), |m| note(policy, m));
 
     // 4. The session (or just an id for the cgroup name with --no-session).
     let me = SupervisorInfo {
@@ -215,23 +215,6 @@ fn check_enforceable(policy: &RunPolicy, enforcement: &mut EnforcementMap) -> Re
         "cannot enforce {}; refusing to run (use --best-effort to run without it)",
         missing.join(", ")
     )))
-}
-
-fn reap_leftovers(store: &Store, cgroup_base: Option<&std::path::PathBuf>, policy: &RunPolicy) {
-    if let Some(base) = cgroup_base {
-        for name in reap::reap_cgroups(base) {
-            note(
-                policy,
-                &format!("removed the cgroup {name} of a supervisor that died"),
-            );
-        }
-    }
-    for id in reap::reap_sessions(store) {
-        note(
-            policy,
-            &format!("session {id} was left by a supervisor that died: marked interrupted"),
-        );
-    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -31,6 +31,24 @@ pub fn supervisor_alive(pid: i32, start_time: u64) -> bool {
     proc_start_time(pid) == Some(start_time)
 }
 
+/// Clean up after every dead supervisor: cgroups under `cgroup_base` (when
+/// this user can manage them) and sessions in `store`. `note` gets one
+/// message per thing cleaned up.
+pub fn reap_leftovers(store: &Store, cgroup_base: Option<&Path>, mut note: impl FnMut(&str)) {
+    if let Some(base) = cgroup_base {
+        for name in reap_cgroups(base) {
+            note(&format!(
+                "removed the cgroup {name} of a supervisor that died"
+            ));
+        }
+    }
+    for id in reap_sessions(store) {
+        note(&format!(
+            "session {id} was left by a supervisor that died: marked interrupted"
+        ));
+    }
+}
+
 /// Kill and remove run cgroups under `base` whose supervisor is gone.
 /// Returns the names removed.
 pub fn reap_cgroups(base: &Path) -> Vec<String> {

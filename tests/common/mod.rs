@@ -1,0 +1,209 @@
+//! Shared helpers for the integration tests: run the real binary with a
+//! private VALLIGNUS_HOME, read back its sessions, and skip (with a printed
+//! reason) the tests whose kernel features are missing.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_vallignus");
+
+pub struct Home {
+    pub dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("VALLIGNUS_HOME", self.path())
+            .env_remove("VALLIGNUS_TOKEN")
+            .env_remove("VALLIGNUS_CGROUP_ROOT")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `vallignus <args>` with output captured (bounded by a timeout).
+    pub fn run(&self, args: &[&str]) -> Output {
+        output_with_timeout(self.cmd().args(args), Duration::from_secs(60))
+    }
+
+    pub fn sessions_dir(&self) -> PathBuf {
+        self.path().join("sessions")
+    }
+
+    /// The only session in this home.
+    pub fn only_session(&self) -> PathBuf {
+        let dirs: Vec<_> = std::fs::read_dir(self.sessions_dir())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(dirs.len(), 1, "expected one session: {dirs:?}");
+        dirs.into_iter().next().unwrap()
+    }
+
+    pub fn session_json(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.only_session().join("session.json")).unwrap())
+            .unwrap()
+    }
+
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        let raw = std::fs::read(self.only_session().join("events.jsonl")).unwrap();
+        raw.split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    }
+}
+
+pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    let guard = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    });
+    let out = child.wait_with_output().unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = guard.join();
+    out
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The cgroup2 mount, if it has cgroup.kill support (Linux 5.14+).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    vallignus::cgroup::find_cgroup2_mount(&mi)
+}
+
+/// Print a skip notice that libtest does not capture (it only captures the
+/// print macros), so `scripts/test` can list what was skipped and why.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
+/// Whether vallignus can create run cgroups here (root + cgroup2 with
+/// cgroup.kill). Prints why not, so a skipped test says so.
+pub fn cgroups_available(test: &str) -> bool {
+    if !is_root() {
+        skip(test, "needs root to create cgroups");
+        return false;
+    }
+    let Some(mount) = cgroup2_mount() else {
+        skip(test, "no cgroup2 mount");
+        return false;
+    };
+    let probe = mount.join("vallignus");
+    let _ = std::fs::create_dir(&probe);
+    let test_dir = probe.join(format!("probe-{}", std::process::id()));
+    if std::fs::create_dir(&test_dir).is_err() {
+        skip(
+            test,
+            &format!("cannot create a cgroup under {}", probe.display()),
+        );
+        return false;
+    }
+    let has_kill = test_dir.join("cgroup.kill").exists();
+    let _ = std::fs::remove_dir(&test_dir);
+    if !has_kill {
+        skip(test, "the kernel has no cgroup.kill (needs Linux 5.14)");
+    }
+    has_kill
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Pids of processes whose command line contains `marker`.
+pub fn pids_with(marker: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) {
+                // Zombies have an empty cmdline, so this is a live process.
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// A unique `sleep` argument (a long decimal) so a test can find its own
+/// processes and nobody else's.
+pub fn marker() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "300.{}{:04}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Kill leftovers a failing test would otherwise leave running.
+pub struct KillOnDrop(pub String);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for pid in pids_with(&self.0) {
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+        }
+    }
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// Asserts no process with `marker` in its command line is left (after
+/// giving the kernel a moment to finish releasing killed tasks).
+pub fn assert_none_left(marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = pids_with(marker);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "processes survived the run: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
