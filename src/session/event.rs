@@ -2,8 +2,9 @@
 //!
 //! Every event carries vallignus 0.4.2's `ts_ms`, `session_id` and `type`,
 //! plus `seq` (0, 1, 2, ...), `t_us` (monotonic microseconds since the run
-//! started) and `prev`: the hex SHA-256 of the previous line's bytes (without
-//! its newline); the first event's `prev` is the SHA-256 of the session id.
+//! started) and, as its last key, `prev`: the hex SHA-256 of the previous
+//! line's bytes (without its newline); the first event's `prev` is the
+//! SHA-256 of the session id.
 //! Changing, removing or reordering any line breaks the chain.
 //!
 //! Output lines are the hot path (millions per run), so `stdout_line` and
@@ -108,28 +109,59 @@ fn push_hex_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-/// Append `s` as the contents of a JSON string (without quotes).
+/// Whether any of the 8 bytes in `w` needs escaping in a JSON string: a
+/// control byte (< 0x20), `"` or `\\`. Classic SWAR tests, exact for
+/// "is there any such byte" (not for which one).
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    let quote = has_zero(w ^ (ONES * u64::from(b'"')));
+    let backslash = has_zero(w ^ (ONES * u64::from(b'\\')));
+    (below_space | quote | backslash) != 0
+}
+
+/// Append `s` as the contents of a JSON string (without quotes). Output
+/// lines are the hot path: clean 8-byte words are skipped in one test.
 fn push_json_escaped(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if esc.is_empty() {
-            out.extend_from_slice(b"\\u00");
-            push_hex_bytes(out, &[b]);
-        } else {
-            out.extend_from_slice(esc);
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(chunk) = bytes.get(i..i + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            if !word_needs_escape(u64::from_le_bytes(word)) {
+                i += 8;
+                continue;
+            }
         }
-        start = i + 1;
+        let end = (i + 8).min(bytes.len());
+        while i < end {
+            let b = bytes[i];
+            let esc: &[u8] = match b {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0..=0x1f => b"",
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            out.extend_from_slice(&bytes[start..i]);
+            if esc.is_empty() {
+                out.extend_from_slice(b"\\u00");
+                push_hex_bytes(out, &[b]);
+            } else {
+                out.extend_from_slice(esc);
+            }
+            i += 1;
+            start = i;
+        }
     }
     out.extend_from_slice(&bytes[start..]);
 }
@@ -139,27 +171,223 @@ fn push_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(buf.format(v).as_bytes());
 }
 
-/// Writes events to a sink, maintaining `seq`, `t_us` and the hash chain.
-pub struct EventWriter<W: Write> {
+/// The hash chain: finishes each event with its `prev` and writes it.
+///
+/// `prev` is the last key of every event line, so the supervisor can hash
+/// everything before it (the bulk of the line) while encoding, and the
+/// chain only has to absorb the 64 hex digits of the previous hash and the
+/// closing `"}` — the two halves of the SHA-256 work run on two cores.
+struct Chainer<W: Write> {
     sink: W,
-    session_id: String,
-    seq: u64,
     prev: [u8; 32],
-    start: Instant,
-    line: Vec<u8>,
+    out: Vec<u8>,
 }
 
-impl<W: Write> EventWriter<W> {
-    /// `start` is the run's monotonic start, the zero of `t_us`.
-    pub fn new(sink: W, session_id: &str, start: Instant) -> Self {
+impl<W: Write> Chainer<W> {
+    fn new(sink: W, session_id: &str) -> Self {
         Self {
             sink,
+            prev: Sha256::digest(session_id.as_bytes()).into(),
+            out: Vec::new(),
+        }
+    }
+
+    fn append_batch(&mut self, batch: &Batch) -> io::Result<()> {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        self.out.clear();
+        let mut pos = 0;
+        for (len, state) in &batch.events {
+            let head = &batch.bytes[pos..pos + *len as usize];
+            pos += *len as usize;
+            let mut hex = [0u8; 64];
+            for (i, b) in self.prev.iter().enumerate() {
+                hex[2 * i] = DIGITS[usize::from(b >> 4)];
+                hex[2 * i + 1] = DIGITS[usize::from(b & 15)];
+            }
+            self.prev = state
+                .clone()
+                .chain_update(hex)
+                .chain_update(EVENT_END)
+                .finalize()
+                .into();
+            self.out.extend_from_slice(head);
+            self.out.extend_from_slice(&hex);
+            self.out.extend_from_slice(EVENT_END);
+            self.out.push(b'\n');
+        }
+        self.sink.write_all(&self.out)
+    }
+}
+
+/// What follows the hex digest of `prev`: the end of every event line.
+const EVENT_END: &[u8] = b"\"}";
+
+/// Encoded events waiting for the chain: each event's bytes up to and
+/// including `"prev":"`, back to back, with their length and the SHA-256
+/// state after absorbing them.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    events: Vec<(u32, Sha256)>,
+}
+
+impl Batch {
+    fn with_capacity() -> Self {
+        Self {
+            bytes: Vec::with_capacity(BATCH_BYTES + (64 << 10)),
+            events: Vec::with_capacity(BATCH_BYTES / 64),
+        }
+    }
+}
+
+/// Hand a batch to the chain once it holds this many bytes.
+const BATCH_BYTES: usize = 1 << 20;
+
+enum ChainMsg {
+    Batch(Batch),
+    Flush(std::sync::mpsc::SyncSender<io::Result<()>>),
+}
+
+/// Where batches go: the chain in this thread, or a dedicated thread that
+/// finishes the hashes and writes while the supervisor encodes the next
+/// batch. Written batches come back through `recycle` for reuse.
+enum Backend<W: Write + Send + 'static> {
+    Inline(Chainer<W>),
+    Thread {
+        tx: std::sync::mpsc::SyncSender<ChainMsg>,
+        recycle: std::sync::mpsc::Receiver<Batch>,
+        handle: std::thread::JoinHandle<io::Result<Chainer<W>>>,
+    },
+    Done,
+}
+
+/// Writes events to a sink, maintaining `seq`, `t_us` and the hash chain.
+pub struct EventWriter<W: Write + Send + 'static> {
+    backend: Backend<W>,
+    batch: Batch,
+    session_id: String,
+    seq: u64,
+    start: Instant,
+    /// Time of the current output chunk (see [`EventWriter::stamp`]).
+    ts_ms: u64,
+    t_us: u64,
+    /// `{"ts_ms":..,"session_id":"..","type":"stdout_line","seq":` for each
+    /// stream, rebuilt at every stamp: the constant part of a line event.
+    line_prefix: [Vec<u8>; 2],
+    /// Hex hash of the last line, known once the writer is finished.
+    final_hash: Option<String>,
+}
+
+fn chain_error() -> io::Error {
+    io::Error::other("the event writer thread stopped")
+}
+
+impl<W: Write + Send + 'static> EventWriter<W> {
+    /// A writer that hashes and writes in the calling thread.
+    /// `start` is the run's monotonic start, the zero of `t_us`.
+    pub fn new(sink: W, session_id: &str, start: Instant) -> Self {
+        Self::with_backend(
+            Backend::Inline(Self::chainer(sink, session_id)),
+            session_id,
+            start,
+        )
+    }
+
+    /// Move the hashing and writing to a thread of its own, from now on.
+    /// Called by the supervisor after the fork (which needs a
+    /// single-threaded process); a no-op if already threaded.
+    pub fn spawn_thread(&mut self) -> io::Result<()> {
+        self.send_batch()?;
+        let mut chainer = match std::mem::replace(&mut self.backend, Backend::Done) {
+            Backend::Inline(chainer) => chainer,
+            other => {
+                self.backend = other;
+                return Ok(());
+            }
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<ChainMsg>(4);
+        let (recycle_tx, recycle) = std::sync::mpsc::sync_channel::<Batch>(4);
+        let spawned = std::thread::Builder::new()
+            .name("events".into())
+            .spawn(move || {
+                for msg in rx {
+                    match msg {
+                        ChainMsg::Batch(mut b) => {
+                            chainer.append_batch(&b)?;
+                            b.bytes.clear();
+                            b.events.clear();
+                            let _ = recycle_tx.try_send(b);
+                        }
+                        ChainMsg::Flush(reply) => {
+                            let _ = reply.send(chainer.sink.flush());
+                        }
+                    }
+                }
+                chainer.sink.flush()?;
+                Ok(chainer)
+            });
+        match spawned {
+            Ok(handle) => {
+                self.backend = Backend::Thread {
+                    tx,
+                    recycle,
+                    handle,
+                };
+                Ok(())
+            }
+            // The chainer moved into the closure that failed to start: the
+            // events written so far are flushed, but the stream is over.
+            Err(e) => Err(e),
+        }
+    }
+
+    fn chainer(sink: W, session_id: &str) -> Chainer<W> {
+        Chainer::new(sink, session_id)
+    }
+
+    fn with_backend(backend: Backend<W>, session_id: &str, start: Instant) -> Self {
+        let mut w = Self {
+            backend,
+            batch: Batch::with_capacity(),
             session_id: session_id.to_string(),
             seq: 0,
-            prev: Sha256::digest(session_id.as_bytes()).into(),
             start,
-            line: Vec::with_capacity(4096),
+            ts_ms: 0,
+            t_us: 0,
+            line_prefix: [Vec::new(), Vec::new()],
+            final_hash: None,
+        };
+        w.stamp();
+        w
+    }
+
+    /// Take the current time for the events that follow. Structured events
+    /// stamp themselves; output lines use the stamp of the chunk they
+    /// arrived in (they did arrive at the same instant), which saves two
+    /// clock reads and the header formatting per line.
+    pub fn stamp(&mut self) {
+        self.ts_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.t_us = self.start.elapsed().as_micros() as u64;
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let mut p = std::mem::take(&mut self.line_prefix[stream.index()]);
+            p.clear();
+            self.push_prefix(&mut p, stream.line_event_type());
+            self.line_prefix[stream.index()] = p;
         }
+    }
+
+    /// `{"ts_ms":N,"session_id":"ID","type":"KIND","seq":`
+    fn push_prefix(&self, out: &mut Vec<u8>, kind: &str) {
+        out.extend_from_slice(b"{\"ts_ms\":");
+        push_u64(out, self.ts_ms);
+        out.extend_from_slice(b",\"session_id\":\"");
+        push_json_escaped(out, &self.session_id);
+        out.extend_from_slice(b"\",\"type\":\"");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\",\"seq\":");
     }
 
     /// Number of events written so far (the next `seq`).
@@ -167,42 +395,54 @@ impl<W: Write> EventWriter<W> {
         self.seq
     }
 
-    /// Hex SHA-256 of the last line written (the session id's for none).
-    pub fn last_hash(&self) -> String {
-        hex(&self.prev)
-    }
-
-    fn begin(&mut self, kind: &str) {
-        let ts_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let t_us = self.start.elapsed().as_micros() as u64;
-        let prev = self.prev;
-        let l = &mut self.line;
-        l.clear();
-        l.extend_from_slice(b"{\"ts_ms\":");
-        push_u64(l, ts_ms);
-        l.extend_from_slice(b",\"session_id\":\"");
-        push_json_escaped(l, &self.session_id);
-        l.extend_from_slice(b"\",\"type\":\"");
-        l.extend_from_slice(kind.as_bytes());
-        l.extend_from_slice(b"\",\"seq\":");
-        push_u64(l, self.seq);
+    /// Start an event: `{"ts_ms":..,"session_id":..,"type":..,"seq":..,"t_us":..`.
+    fn begin(&mut self, prefix: Option<Stream>, kind: &str) {
+        let mut l = std::mem::take(&mut self.batch.bytes);
+        match prefix {
+            Some(stream) => l.extend_from_slice(&self.line_prefix[stream.index()]),
+            None => self.push_prefix(&mut l, kind),
+        }
+        push_u64(&mut l, self.seq);
         l.extend_from_slice(b",\"t_us\":");
-        push_u64(l, t_us);
-        l.extend_from_slice(b",\"prev\":\"");
-        push_hex_bytes(l, &prev);
-        l.push(b'"');
+        push_u64(&mut l, self.t_us);
+        self.batch.bytes = l;
     }
 
-    fn finish(&mut self) -> io::Result<()> {
-        self.line.push(b'}');
-        self.prev = Sha256::digest(&self.line).into();
-        self.line.push(b'\n');
-        self.sink.write_all(&self.line)?;
+    /// End the event that starts at `start`: append `,"prev":"`, absorb the
+    /// bytes into a SHA-256 state, and queue it for the chain.
+    fn end(&mut self, start: usize) -> io::Result<()> {
+        self.batch.bytes.extend_from_slice(b",\"prev\":\"");
+        let bytes = &self.batch.bytes[start..];
+        let len = u32::try_from(bytes.len()).map_err(|_| io::Error::other("event too large"))?;
+        let state = Sha256::new().chain_update(bytes);
+        self.batch.events.push((len, state));
         self.seq += 1;
+        if self.batch.bytes.len() >= BATCH_BYTES {
+            self.send_batch()?;
+        }
         Ok(())
+    }
+
+    fn send_batch(&mut self) -> io::Result<()> {
+        if self.batch.events.is_empty() {
+            return Ok(());
+        }
+        match &mut self.backend {
+            Backend::Inline(chain) => {
+                chain.append_batch(&self.batch)?;
+                self.batch.bytes.clear();
+                self.batch.events.clear();
+                Ok(())
+            }
+            Backend::Thread { tx, recycle, .. } => {
+                let next = recycle
+                    .try_recv()
+                    .unwrap_or_else(|_| Batch::with_capacity());
+                let batch = std::mem::replace(&mut self.batch, next);
+                tx.send(ChainMsg::Batch(batch)).map_err(|_| chain_error())
+            }
+            Backend::Done => Err(chain_error()),
+        }
     }
 
     /// Write one structured event.
@@ -215,14 +455,16 @@ impl<W: Write> EventWriter<W> {
             Some(serde_json::Value::String(s)) => s,
             _ => return Err(io::Error::other("event has no type")),
         };
-        self.begin(&kind);
+        self.stamp();
+        let start = self.batch.bytes.len();
+        self.begin(None, &kind);
         for (k, v) in &fields {
-            self.line.push(b',');
-            serde_json::to_writer(&mut self.line, k).map_err(io::Error::other)?;
-            self.line.push(b':');
-            serde_json::to_writer(&mut self.line, v).map_err(io::Error::other)?;
+            self.batch.bytes.push(b',');
+            serde_json::to_writer(&mut self.batch.bytes, k).map_err(io::Error::other)?;
+            self.batch.bytes.push(b':');
+            serde_json::to_writer(&mut self.batch.bytes, v).map_err(io::Error::other)?;
         }
-        self.finish()
+        self.end(start)
     }
 
     /// Write one output line (without its newline). `partial` means the
@@ -230,36 +472,80 @@ impl<W: Write> EventWriter<W> {
     /// last bytes of a stream that did not end with one). Valid UTF-8 goes
     /// to `line`, anything else to `line_b64`.
     pub fn emit_line(&mut self, stream: Stream, bytes: &[u8], partial: bool) -> io::Result<()> {
-        self.begin(stream.line_event_type());
+        let start = self.batch.bytes.len();
+        self.begin(Some(stream), stream.line_event_type());
+        let out = &mut self.batch.bytes;
         match std::str::from_utf8(bytes) {
             Ok(text) => {
-                self.line.extend_from_slice(b",\"line\":\"");
-                push_json_escaped(&mut self.line, text);
+                out.extend_from_slice(b",\"line\":\"");
+                push_json_escaped(out, text);
             }
             Err(_) => {
-                self.line.extend_from_slice(b",\"line_b64\":\"");
+                out.extend_from_slice(b",\"line_b64\":\"");
                 let engine = &base64::engine::general_purpose::STANDARD;
-                let start = self.line.len();
-                self.line.resize(start + bytes.len().div_ceil(3) * 4, 0);
+                let at = out.len();
+                out.resize(at + bytes.len().div_ceil(3) * 4, 0);
                 let written = engine
-                    .encode_slice(bytes, &mut self.line[start..])
+                    .encode_slice(bytes, &mut out[at..])
                     .map_err(io::Error::other)?;
-                self.line.truncate(start + written);
+                out.truncate(at + written);
             }
         }
-        self.line.push(b'"');
+        out.push(b'"');
         if partial {
-            self.line.extend_from_slice(b",\"partial\":true");
+            out.extend_from_slice(b",\"partial\":true");
         }
-        self.finish()
+        self.end(start)
     }
 
+    /// Hand everything to the chain and flush the sink (blocks until the
+    /// writer thread, if any, has written it).
     pub fn flush(&mut self) -> io::Result<()> {
-        self.sink.flush()
+        self.send_batch()?;
+        match &mut self.backend {
+            Backend::Inline(chain) => chain.sink.flush(),
+            Backend::Thread { tx, .. } => {
+                let (reply_tx, reply_rx) = std::sync::mpsc::sync_channel(1);
+                tx.send(ChainMsg::Flush(reply_tx))
+                    .map_err(|_| chain_error())?;
+                reply_rx.recv().map_err(|_| chain_error())?
+            }
+            Backend::Done => Err(chain_error()),
+        }
     }
 
-    pub fn into_inner(self) -> W {
-        self.sink
+    /// Write everything, stop the writer thread, and return the sink and
+    /// the hex hash of the last line (the session id's hash for none).
+    pub fn finish(&mut self) -> io::Result<(W, String)> {
+        self.send_batch()?;
+        let chain = match std::mem::replace(&mut self.backend, Backend::Done) {
+            Backend::Inline(mut chain) => {
+                chain.sink.flush()?;
+                chain
+            }
+            Backend::Thread { tx, handle, .. } => {
+                drop(tx);
+                handle.join().map_err(|_| chain_error())??
+            }
+            Backend::Done => return Err(chain_error()),
+        };
+        let hash = hex(&chain.prev);
+        self.final_hash = Some(hash.clone());
+        Ok((chain.sink, hash))
+    }
+
+    /// Hex hash of the last line, once [`EventWriter::finish`] ran.
+    pub fn last_hash(&self) -> Option<&str> {
+        self.final_hash.as_deref()
+    }
+
+    /// For tests: finish and return the sink.
+    #[cfg(test)]
+    pub fn into_inner(mut self) -> W {
+        match self.finish() {
+            Ok((sink, _)) => sink,
+            Err(e) => panic!("event writer failed: {e}"),
+        }
     }
 }
 

@@ -49,6 +49,13 @@ impl Journal {
         }
     }
 
+    /// Take the time for the output lines that follow (one chunk's worth).
+    pub fn stamp(&mut self) {
+        if let Some(w) = &mut self.events {
+            w.stamp();
+        }
+    }
+
     pub fn line(&mut self, stream: Stream, bytes: &[u8], partial: bool) -> io::Result<()> {
         match &mut self.events {
             Some(w) => w.emit_line(stream, bytes, partial),
@@ -75,9 +82,23 @@ impl Journal {
         Ok(())
     }
 
-    /// Hash of the last event line (for the seal), if recording.
-    pub fn last_hash(&self) -> Option<String> {
-        self.events.as_ref().map(|w| w.last_hash())
+    /// Hash the event chain in a thread of its own from now on (call after
+    /// the fork: the supervisor must be single-threaded until then).
+    pub fn spawn_thread(&mut self) -> io::Result<()> {
+        match &mut self.events {
+            Some(w) => w.spawn_thread(),
+            None => Ok(()),
+        }
+    }
+
+    /// Write out everything and stop the event thread. Returns the hex hash
+    /// of the last event line (for the seal), if recording.
+    pub fn finish(&mut self) -> io::Result<Option<String>> {
+        self.flush()?;
+        match &mut self.events {
+            Some(w) => w.finish().map(|(_, hash)| Some(hash)),
+            None => Ok(None),
+        }
     }
 
     pub fn event_count(&self) -> u64 {

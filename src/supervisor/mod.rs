@@ -177,7 +177,7 @@ pub fn run(command: &[String], policy: &RunPolicy) -> Result<RunReport, RunError
                 r.meta.error = Some(e.to_string());
                 r.meta.enforcement = enforcement;
                 r.meta.vallignus_exit_code = Some(i32::from(e.exit_code()));
-                let _ = journal.flush();
+                let _ = journal.finish();
                 let _ = r.finish(Status::FailedToStart);
             }
             Err(e)
@@ -297,8 +297,15 @@ fn run_session(
     let child = pending.into_running();
     let _ = journal.emit(&Event::ProcessStarted { pid: child.pid });
 
-    // 8. Supervise.
+    // 8. Supervise. Threads may exist from here on: the terminal writer,
+    //    and the event chain's hasher/writer (a second core for recording).
     let mut console = Console::start().map_err(RunError::Console)?;
+    if let Err(e) = journal.spawn_thread() {
+        note(
+            policy,
+            &format!("cannot start the event writer thread: {e}"),
+        );
+    }
     let mut recorder = Recorder::new(OutputCaps {
         max_lines: policy.max_output_lines,
         max_bytes: policy.max_output_bytes,
@@ -372,7 +379,9 @@ fn finish(
     let _ = journal.emit(&Event::RunFinished {
         duration_ms: duration.as_millis() as u64,
     });
-    let _ = journal.flush();
+    if let Err(e) = journal.finish() {
+        note(policy, &format!("cannot write the last events: {e}"));
+    }
 
     let Some(mut r) = record.take() else {
         return RunReport {

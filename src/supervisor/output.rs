@@ -132,6 +132,7 @@ impl Recorder {
         }
         let accepted = self.admit(stream, data);
         let data = &data[..accepted.len];
+        journal.stamp();
         journal.raw(stream, data)?;
         self.total_bytes += data.len() as u64;
         let mut rest = data;
@@ -195,6 +196,7 @@ impl Recorder {
     pub fn end_stream(&mut self, journal: &mut Journal, stream: Stream) -> io::Result<()> {
         let s = &mut self.streams[stream.index()];
         if !s.pending.is_empty() {
+            journal.stamp();
             journal.line(stream, &s.pending, true)?;
             s.pending.clear();
         }
