@@ -45,6 +45,16 @@ pub enum CgroupError {
          delegated cgroup2 directory (use --best-effort to run without a cgroup)"
     )]
     NoDelegation,
+    #[error(
+        "cannot enforce the {controllers} limit: the controller is not available in {path} \
+         (available: {available:?}); it must be enabled in the parent's cgroup.subtree_control \
+         (on a cgroup v1/v2 hybrid host it is bound to cgroup v1 and cannot be used)"
+    )]
+    ControllerUnavailable {
+        controllers: String,
+        path: PathBuf,
+        available: String,
+    },
     #[error("{path} is not a cgroup2 directory writable by this user: {source}")]
     NotWritable { path: PathBuf, source: io::Error },
 }
@@ -125,6 +135,150 @@ fn check_writable(dir: &Path) -> Result<()> {
     nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).map_err(|e| CgroupError::NotWritable {
         path: dir.into(),
         source: e.into(),
+    })
+}
+
+/// Controller limits for one run cgroup (absent = not limited).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    /// `memory.max` in bytes.
+    pub memory_max: Option<u64>,
+    /// `memory.swap.max` in bytes.
+    pub memory_swap_max: Option<u64>,
+    /// `pids.max`.
+    pub pids_max: Option<u64>,
+    /// `cpu.max` as (quota, period) in microseconds.
+    pub cpu_max: Option<(u64, u64)>,
+    /// `io.max` lines, `MAJ:MIN key=value...`, validated by [`parse_io_max`].
+    pub io_max: Vec<String>,
+}
+
+impl Limits {
+    /// The controllers these limits need, in `cgroup.subtree_control` names.
+    pub fn controllers(&self) -> Vec<&'static str> {
+        let mut c = Vec::new();
+        if self.memory_max.is_some() || self.memory_swap_max.is_some() {
+            c.push("memory");
+        }
+        if self.pids_max.is_some() {
+            c.push("pids");
+        }
+        if self.cpu_max.is_some() {
+            c.push("cpu");
+        }
+        if !self.io_max.is_empty() {
+            c.push("io");
+        }
+        c
+    }
+
+    /// (file, value) pairs to write into the run cgroup.
+    pub fn files(&self) -> Vec<(&'static str, String)> {
+        let mut f = Vec::new();
+        if let Some(v) = self.memory_max {
+            f.push(("memory.max", v.to_string()));
+        }
+        if let Some(v) = self.memory_swap_max {
+            f.push(("memory.swap.max", v.to_string()));
+        }
+        if let Some(v) = self.pids_max {
+            f.push(("pids.max", v.to_string()));
+        }
+        if let Some((quota, period)) = self.cpu_max {
+            f.push(("cpu.max", format!("{quota} {period}")));
+        }
+        for line in &self.io_max {
+            f.push(("io.max", line.clone()));
+        }
+        f
+    }
+}
+
+/// `--cpu-max FRACTION` (CPUs, e.g. 0.5 or 2) as a `cpu.max` quota over a
+/// 100 ms period. The kernel's minimum quota is 1 ms.
+pub fn cpu_max_from_fraction(cpus: f64) -> std::result::Result<(u64, u64), String> {
+    const PERIOD: u64 = 100_000;
+    if !cpus.is_finite() || cpus <= 0.0 {
+        return Err(format!("invalid CPU limit {cpus}: must be greater than 0"));
+    }
+    let quota = (cpus * PERIOD as f64).round();
+    if quota < 1000.0 {
+        return Err(format!("invalid CPU limit {cpus}: at least 0.01 CPU"));
+    }
+    if quota > 1e12 {
+        return Err(format!("invalid CPU limit {cpus}: too large"));
+    }
+    Ok((quota as u64, PERIOD))
+}
+
+/// Validate one `--io-max` rule: `MAJ:MIN` followed by one or more of
+/// `rbps=N wbps=N riops=N wiops=N` (N a number or `max`), as `io.max` takes them.
+pub fn parse_io_max(rule: &str) -> std::result::Result<String, String> {
+    let err = |why: &str| {
+        format!("invalid --io-max {rule:?}: {why} (expected e.g. \"8:0 rbps=1048576 wiops=100\")")
+    };
+    let mut parts = rule.split_whitespace();
+    let dev = parts.next().ok_or_else(|| err("empty"))?;
+    let (maj, min) = dev
+        .split_once(':')
+        .ok_or_else(|| err("no MAJ:MIN device"))?;
+    if maj.parse::<u32>().is_err() || min.parse::<u32>().is_err() {
+        return Err(err("device numbers must be MAJ:MIN integers"));
+    }
+    let mut keys = Vec::new();
+    for kv in parts {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| err("settings are key=value"))?;
+        if !matches!(k, "rbps" | "wbps" | "riops" | "wiops") {
+            return Err(err(&format!("unknown key {k:?}")));
+        }
+        if v != "max" && v.parse::<u64>().map_or(true, |n| n == 0) {
+            return Err(err(&format!("{k} must be a positive number or max")));
+        }
+        keys.push(format!("{k}={v}"));
+    }
+    if keys.is_empty() {
+        return Err(err("no limits given"));
+    }
+    Ok(format!("{dev} {}", keys.join(" ")))
+}
+
+/// Make `controllers` available to the children of `base` (the vallignus
+/// cgroup), by writing them to its `cgroup.subtree_control`. A controller
+/// the parent does not offer is an error that names it and the path.
+pub fn enable_controllers(base: &Path, controllers: &[&str]) -> Result<()> {
+    if controllers.is_empty() {
+        return Ok(());
+    }
+    let available_path = base.join("cgroup.controllers");
+    let available = fs::read_to_string(&available_path).map_err(|source| CgroupError::Read {
+        path: available_path.clone(),
+        source,
+    })?;
+    let available: Vec<&str> = available.split_whitespace().collect();
+    let missing: Vec<&str> = controllers
+        .iter()
+        .copied()
+        .filter(|c| !available.contains(c))
+        .collect();
+    if !missing.is_empty() {
+        return Err(CgroupError::ControllerUnavailable {
+            controllers: missing.join(", "),
+            path: base.to_path_buf(),
+            available: available.join(" "),
+        });
+    }
+    let control = base.join("cgroup.subtree_control");
+    let value = controllers
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    fs::write(&control, &value).map_err(|source| CgroupError::Write {
+        path: control,
+        value,
+        source,
     })
 }
 
@@ -321,6 +475,20 @@ impl Cgroup {
         }
     }
 
+    /// Write the controller limits (after [`enable_controllers`] on the parent).
+    pub fn apply(&self, limits: &Limits) -> Result<()> {
+        for (file, value) in limits.files() {
+            self.write(file, &value)?;
+        }
+        Ok(())
+    }
+
+    /// A counter of a flat-keyed file such as `memory.events` (`oom_kill`)
+    /// or `pids.events` (`max`); `None` without the controller.
+    pub fn counter(&self, file: &str, key: &str) -> Option<u64> {
+        self.read(file).ok().and_then(|s| read_key(&s, key))
+    }
+
     /// Final statistics, where the controllers provide them.
     pub fn stats(&self) -> CgroupStats {
         let mut stats = CgroupStats::default();
@@ -418,6 +586,64 @@ mod tests {
         );
         assert_eq!(parse_run_cgroup_name("vallignus"), None);
         assert_eq!(parse_run_cgroup_name("run.x.1.id"), None);
+    }
+
+    #[test]
+    fn limits_files_and_controllers() {
+        let l = Limits {
+            memory_max: Some(32 << 20),
+            pids_max: Some(50),
+            cpu_max: Some(cpu_max_from_fraction(0.2).unwrap()),
+            io_max: vec![parse_io_max("8:0 rbps=1048576 wiops=max").unwrap()],
+            ..Limits::default()
+        };
+        assert_eq!(l.controllers(), ["memory", "pids", "cpu", "io"]);
+        assert_eq!(
+            l.files(),
+            [
+                ("memory.max", "33554432".to_string()),
+                ("pids.max", "50".to_string()),
+                ("cpu.max", "20000 100000".to_string()),
+                ("io.max", "8:0 rbps=1048576 wiops=max".to_string()),
+            ]
+        );
+        assert!(Limits::default().controllers().is_empty());
+    }
+
+    #[test]
+    fn cpu_and_io_validation() {
+        assert_eq!(cpu_max_from_fraction(2.0), Ok((200_000, 100_000)));
+        assert!(cpu_max_from_fraction(0.0).is_err());
+        assert!(cpu_max_from_fraction(0.001).is_err());
+        assert!(cpu_max_from_fraction(f64::NAN).is_err());
+        for bad in [
+            "",
+            "8:0",
+            "sda rbps=1",
+            "8:0 rbps=0",
+            "8:0 foo=1",
+            "8:0 rbps",
+            "x:0 rbps=1",
+        ] {
+            assert!(parse_io_max(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn enabling_a_missing_controller_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("cgroup.controllers"), "cpu io\n").unwrap();
+        fs::write(dir.path().join("cgroup.subtree_control"), "").unwrap();
+        let err = enable_controllers(dir.path(), &["memory", "cpu"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("memory"), "{err}");
+        assert!(err.contains(dir.path().to_str().unwrap()), "{err}");
+        enable_controllers(dir.path(), &["cpu", "io"]).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("cgroup.subtree_control")).unwrap(),
+            "+cpu +io"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::cgroup;
 use crate::policy::units::{parse_count, parse_duration, parse_size};
 use crate::policy::{nonzero, RunPolicy};
 use crate::supervisor;
@@ -21,6 +22,27 @@ pub struct RunArgs {
     /// End the run when stdout+stderr reach this many bytes (1048576, 512K, 50MB; 0 = no cap).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_output_bytes: Option<u64>,
+
+    /// Memory cap of the run (cgroup memory.max): 512M, 2G, bytes. An OOM kill ends the run.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory_max: Option<u64>,
+
+    /// Swap cap of the run (cgroup memory.swap.max); 0 = no swap.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory_swap_max: Option<u64>,
+
+    /// Cap on the number of processes and threads of the run (cgroup pids.max).
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pids_max: Option<u64>,
+
+    /// CPU cap in CPUs, e.g. 0.5 or 2 (cgroup cpu.max over a 100 ms period).
+    #[arg(long, value_name = "CPUS", value_parser = parse_cpus)]
+    cpu_max: Option<(u64, u64)>,
+
+    /// I/O cap for one block device, as io.max takes it: "MAJ:MIN rbps=N wbps=N riops=N wiops=N"
+    /// (any subset; N or max). Repeat for more devices.
+    #[arg(long, value_name = "RULE", value_parser = cgroup::parse_io_max)]
+    io_max: Vec<String>,
 
     /// Time between SIGTERM and SIGKILL at teardown.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2")]
@@ -74,6 +96,14 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
+fn parse_cpus(s: &str) -> Result<(u64, u64), String> {
+    let cpus: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid CPU count {s:?}: expected a number like 0.5 or 2"))?;
+    cgroup::cpu_max_from_fraction(cpus)
+}
+
 impl RunArgs {
     fn policy(&self) -> RunPolicy {
         RunPolicy {
@@ -81,6 +111,14 @@ impl RunArgs {
             max_output_lines: self.max_output_lines.and_then(nonzero),
             max_output_bytes: self.max_output_bytes.and_then(nonzero),
             max_requests: self.max_requests.and_then(nonzero),
+            cgroup: cgroup::Limits {
+                memory_max: self.memory_max.and_then(nonzero),
+                // 0 is meaningful here: no swap at all.
+                memory_swap_max: self.memory_swap_max,
+                pids_max: self.pids_max.and_then(nonzero),
+                cpu_max: self.cpu_max,
+                io_max: self.io_max.clone(),
+            },
             kill_grace: self.kill_grace,
             record_session: !self.no_session,
             best_effort: self.best_effort,

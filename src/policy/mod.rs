@@ -15,6 +15,8 @@ pub struct RunPolicy {
     pub max_output_lines: Option<u64>,
     pub max_output_bytes: Option<u64>,
     pub max_requests: Option<u64>,
+    /// cgroup v2 controller limits (memory, swap, pids, cpu, io).
+    pub cgroup: crate::cgroup::Limits,
     pub kill_grace: Duration,
     /// Record a session (`--no-session` turns it off; caps still apply).
     pub record_session: bool,
@@ -32,6 +34,7 @@ impl Default for RunPolicy {
             max_output_lines: None,
             max_output_bytes: None,
             max_requests: None,
+            cgroup: crate::cgroup::Limits::default(),
             kill_grace: Duration::from_secs(2),
             record_session: true,
             best_effort: false,

@@ -72,6 +72,13 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         processes: Option<usize>,
     },
+    /// A cgroup controller limit was hit (`oom_kill` in memory.events,
+    /// `max` in pids.events), with the controller's counters.
+    LimitEvent {
+        kind: String,
+        count: u64,
+        counters: std::collections::BTreeMap<String, u64>,
+    },
     ProcessExited {
         exit_code: i64,
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -246,9 +246,20 @@ fn run_session(
             .unwrap_or_default(),
     });
 
-    // 5. Containment: the run's own cgroup, or (best effort) a process group.
+    // 5. Containment: the run's own cgroup with its controller limits, or
+    //    (best effort) a process group.
+    let limits = &policy.cgroup;
     let containment = match cgroup_base.and_then(|base| {
-        Cgroup::create(base.join(cgroup::run_cgroup_name(me.pid, me.start_time, session_id)))
+        let limits_ok = limits_for_run(&base, limits, policy, enforcement)?;
+        let cg =
+            Cgroup::create(base.join(cgroup::run_cgroup_name(me.pid, me.start_time, session_id)))?;
+        if limits_ok {
+            if let Err(e) = cg.apply(limits) {
+                let _ = cg.remove();
+                return Err(e);
+            }
+        }
+        Ok(cg)
     }) {
         Ok(cg) => {
             enforced(enforcement, "cgroup", true, cg.path().display().to_string());
@@ -265,6 +276,9 @@ fn run_session(
                 &format!("not enforced (--best-effort): no cgroup: {e}; using a process group"),
             );
             enforced(enforcement, "cgroup", false, format!("not enforced: {e}"));
+            for (file, _) in limits.files() {
+                enforced(enforcement, file, false, "not enforced: no cgroup");
+            }
             enforced(
                 enforcement,
                 "process_group",
@@ -320,6 +334,8 @@ fn run_session(
         &WatchConfig {
             started,
             max_runtime: policy.max_runtime,
+            memory_max: policy.cgroup.memory_max,
+            pids_max: policy.cgroup.pids_max.is_some(),
             kill_grace: policy.kill_grace,
             quiet: policy.quiet,
         },
@@ -341,6 +357,33 @@ fn run_session(
 
     let report = finish(policy, record, journal, &recorder, &outcome, stats, started);
     Ok(report)
+}
+
+/// Make the controllers the limits need available under `base`. Returns
+/// whether the limits can be applied; with `--best-effort` a missing
+/// controller is recorded as not enforced instead of failing the run.
+fn limits_for_run(
+    base: &std::path::Path,
+    limits: &cgroup::Limits,
+    policy: &RunPolicy,
+    enforcement: &mut EnforcementMap,
+) -> Result<bool, CgroupError> {
+    match cgroup::enable_controllers(base, &limits.controllers()) {
+        Ok(()) => {
+            for (file, value) in limits.files() {
+                enforced(enforcement, file, true, value);
+            }
+            Ok(true)
+        }
+        Err(e) if policy.best_effort => {
+            note(policy, &format!("not enforced (--best-effort): {e}"));
+            for (file, _) in limits.files() {
+                enforced(enforcement, file, false, format!("not enforced: {e}"));
+            }
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn remove_containment(containment: Containment, policy: &RunPolicy) {

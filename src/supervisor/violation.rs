@@ -17,6 +17,12 @@ pub enum Violation {
         limit: u64,
         observed: u64,
     },
+    /// The kernel OOM-killed a process of the run (memory.max reached);
+    /// `observed` is the number of OOM kills (`oom_kill` in memory.events).
+    MemoryOom {
+        limit: u64,
+        observed: u64,
+    },
     /// vallignus itself got SIGINT/SIGTERM/SIGHUP/SIGQUIT.
     Signal(i32),
     /// The session could not be written (disk full...): stop the agent
@@ -41,6 +47,7 @@ impl Violation {
             Violation::MaxRuntime { .. } => "max_runtime",
             Violation::MaxOutputLines { .. } => "max_output_lines",
             Violation::MaxOutputBytes { .. } => "max_output_bytes",
+            Violation::MemoryOom { .. } => "memory_oom",
             Violation::Signal(_) => "signal",
             Violation::RecordingFailed(_) => "recording_failed",
         }
@@ -49,9 +56,9 @@ impl Violation {
     pub fn limit_value(&self) -> serde_json::Number {
         match self {
             Violation::MaxRuntime { limit, .. } => secs(*limit),
-            Violation::MaxOutputLines { limit, .. } | Violation::MaxOutputBytes { limit, .. } => {
-                (*limit).into()
-            }
+            Violation::MaxOutputLines { limit, .. }
+            | Violation::MaxOutputBytes { limit, .. }
+            | Violation::MemoryOom { limit, .. } => (*limit).into(),
             Violation::Signal(n) => (*n).into(),
             Violation::RecordingFailed(_) => 0.into(),
         }
@@ -61,7 +68,8 @@ impl Violation {
         match self {
             Violation::MaxRuntime { observed, .. } => secs(*observed),
             Violation::MaxOutputLines { observed, .. }
-            | Violation::MaxOutputBytes { observed, .. } => (*observed).into(),
+            | Violation::MaxOutputBytes { observed, .. }
+            | Violation::MemoryOom { observed, .. } => (*observed).into(),
             Violation::Signal(n) => (*n).into(),
             Violation::RecordingFailed(_) => 0.into(),
         }

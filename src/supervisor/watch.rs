@@ -35,6 +35,10 @@ const DRAIN_AFTER_EMPTY: Duration = Duration::from_millis(500);
 pub struct WatchConfig {
     pub started: Instant,
     pub max_runtime: Option<Duration>,
+    /// `memory.max`, when set: an OOM kill in the run ends it (`memory_oom`).
+    pub memory_max: Option<u64>,
+    /// Whether `pids.max` is set: hitting it is recorded as a `limit_event`.
+    pub pids_max: bool,
     pub kill_grace: Duration,
     pub quiet: bool,
 }
@@ -171,6 +175,27 @@ impl Loop<'_> {
         }
     }
 
+    /// A watched counter changed: record it; an OOM kill ends the run.
+    fn on_limit(&mut self, w: &mut LimitWatch) {
+        let counters = w.read();
+        let count = counters.get(w.key).copied().unwrap_or(0);
+        if count <= w.last {
+            return;
+        }
+        w.last = count;
+        self.emit(&Event::LimitEvent {
+            kind: w.kind.into(),
+            count,
+            counters,
+        });
+        if w.kind == "oom_kill" {
+            self.violate(Violation::MemoryOom {
+                limit: self.cfg.memory_max.unwrap_or(0),
+                observed: count,
+            });
+        }
+    }
+
     fn on_signal(&mut self, signals: &SignalFd) {
         while let Ok(Some(info)) = signals.read_signal() {
             let signo = info.ssi_signo as i32;
@@ -222,6 +247,51 @@ impl Loop<'_> {
     }
 }
 
+/// A cgroup counter file watched for increases (kernfs signals changes with
+/// POLLPRI): `memory.events` for `oom_kill`, `pids.events` for `max`.
+struct LimitWatch {
+    file: std::fs::File,
+    key: &'static str,
+    kind: &'static str,
+    last: u64,
+}
+
+impl LimitWatch {
+    fn open(
+        containment: &Containment,
+        file: &str,
+        key: &'static str,
+        kind: &'static str,
+    ) -> Option<Self> {
+        let Containment::Cgroup(cg) = containment else {
+            return None;
+        };
+        let file = std::fs::File::open(cg.path().join(file)).ok()?;
+        let mut w = Self {
+            file,
+            key,
+            kind,
+            last: 0,
+        };
+        w.last = w.read().get(key).copied().unwrap_or(0);
+        Some(w)
+    }
+
+    /// All counters of the file (reading also re-arms POLLPRI).
+    fn read(&mut self) -> std::collections::BTreeMap<String, u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 1024];
+        let n = self.file.read_at(&mut buf, 0).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_string(), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+}
+
 /// Read `cgroup.events` through `file`: this is what re-arms its POLLPRI.
 fn ack_events(file: &std::fs::File) {
     use std::os::unix::fs::FileExt;
@@ -251,6 +321,23 @@ pub fn watch(
         ack_events(f);
     }
     let deadline = cfg.max_runtime.map(|d| cfg.started + d);
+    let mut limit_watches: Vec<LimitWatch> = Vec::new();
+    if cfg.memory_max.is_some() {
+        limit_watches.extend(LimitWatch::open(
+            containment,
+            "memory.events",
+            "oom_kill",
+            "oom_kill",
+        ));
+    }
+    if cfg.pids_max {
+        limit_watches.extend(LimitWatch::open(
+            containment,
+            "pids.events",
+            "max",
+            "pids_max",
+        ));
+    }
     let mut held: Option<(Stream, Vec<u8>)> = None;
     let mut empty_since: Option<Instant> = None;
     let mut lp = Loop {
@@ -337,6 +424,10 @@ pub fn watch(
                 fds.push(PollFd::new(f.as_fd(), PollFlags::POLLPRI));
                 fds.len() - 1
             });
+        let first_limit_slot = fds.len();
+        for w in &limit_watches {
+            fds.push(PollFd::new(w.file.as_fd(), PollFlags::POLLPRI));
+        }
         let mut pipe_slots = [None, None];
         for (i, p) in pipes.iter().enumerate() {
             if let (Some(fd), true) = (p, read_pipes) {
@@ -409,6 +500,11 @@ pub fn watch(
                 ack_events(f);
             }
         }
+        for (i, w) in limit_watches.iter_mut().enumerate() {
+            if !revents[first_limit_slot + i].is_empty() {
+                lp.on_limit(w);
+            }
+        }
         for s in [Stream::Stdout, Stream::Stderr] {
             let Some(slot) = pipe_slots[s.index()] else {
                 continue;
@@ -433,6 +529,10 @@ pub fn watch(
         if let Err(e) = lp.recorder.end_stream(lp.journal, s) {
             lp.recording_failed(e);
         }
+    }
+    // An OOM kill of the agent itself races with its exit: look once more.
+    for w in &mut limit_watches {
+        lp.on_limit(w);
     }
     if let Some((stream, chunk)) = held {
         // The writer thread drains the queue at finish; block for this one.
