@@ -1,6 +1,7 @@
 //! vallignus: a Linux-native runtime for untrusted AI agents.
 //!
 //! Map of the crate (see DESIGN.md for the whole picture):
+//! - [`auth`]: agents, versioned policies, signing keys, signed tokens.
 //! - [`cli`]: argument parsing and the verbs (`run`, `sessions`, `replay`).
 //! - [`policy`]: the validated limits of a run, from flags.
 //! - [`supervisor`]: spawning the agent, watching it, tearing it down.
@@ -8,6 +9,7 @@
 //! - [`session`]: the forensic record (session.json, events.jsonl, logs).
 //! - [`sys`]: the only module with `unsafe`.
 
+pub mod auth;
 pub mod cgroup;
 pub mod cli;
 pub mod policy;

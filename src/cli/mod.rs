@@ -6,6 +6,8 @@
 //! other verbs exit 0 on success, 1 when what was asked for is missing or
 //! unreadable, 2 on a usage error.
 
+mod auth;
+mod policy;
 mod replay;
 mod run;
 mod sessions;
@@ -35,6 +37,12 @@ enum Command {
     Sessions(sessions::SessionsCommand),
     /// Replay a session's output in the order it was produced.
     Replay(replay::ReplayArgs),
+    /// Agents, versioned policies, signing keys and signed tokens.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
+    /// Validate a policy file; show the effective policy of a run.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 /// Print an error with its chain of causes, once, prefixed `vallignus:`.
@@ -79,5 +87,7 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::execute(a),
         Command::Sessions(c) => sessions::execute(c),
         Command::Replay(a) => replay::execute(a),
+        Command::Auth(c) => auth::execute(c),
+        Command::Policy(c) => policy::execute(c),
     })
 }

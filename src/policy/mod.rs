@@ -1,7 +1,11 @@
 //! The effective policy of a run. Issue #2 scope: the limits given by flags,
 //! validated before anything touches the system. Later layers (policy file,
-//! token) narrow these; they never widen them.
+//! token) narrow these; they never widen them. The policy file and the
+//! resolution defaults < file < flags are in [`mod@file`]; host names and domain
+//! patterns for network rules in [`domain`].
 
+pub mod domain;
+pub mod file;
 pub mod units;
 
 use std::path::PathBuf;

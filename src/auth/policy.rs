@@ -1,0 +1,387 @@
+//! Policy versions: their content, validation, edits and canonical hash. Pure
+//! (no file I/O); the files live in [`super::policy_store`].
+//!
+//! Canonical form: the compact `serde_json` serialization of
+//! [`PolicyVersion`], whose fields are declared in alphabetical order, so the
+//! keys come out sorted with no whitespace; absent limits are `null`, numbers
+//! use serde_json's shortest round-trip form. The policy hash is the lowercase
+//! hex SHA-256 of those bytes. Invariants: a validated policy has only
+//! finite, non-negative spend; a limit of 0 is stored as `null` ("no cap", as
+//! on the `run` command line); domains are normalized (lowercase, no trailing
+//! dot, deduplicated, in the order given).
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::policy::units;
+
+const DESCRIPTION_MAX: usize = 1024;
+const DOMAINS_MAX: usize = 1000;
+
+/// One immutable version of a policy. Field order is the canonical order
+/// (alphabetical): do not reorder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyVersion {
+    pub allowed_domains: Vec<String>,
+    pub created_at: String,
+    pub description: String,
+    pub max_output_bytes: Option<u64>,
+    pub max_output_lines: Option<u64>,
+    pub max_requests: Option<u64>,
+    pub max_runtime_secs: Option<u64>,
+    pub max_spend_usd: Option<f64>,
+    pub policy_id: String,
+    pub version: u32,
+}
+
+impl PolicyVersion {
+    /// The canonical serialization (see the module docs).
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        // Serializing plain strings, integers, finite floats and options
+        // cannot fail; an empty vector would only give a hash that matches
+        // nothing.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Lowercase hex SHA-256 of the canonical serialization.
+    pub fn hash(&self) -> String {
+        super::ids::hex(&Sha256::digest(self.canonical_bytes()))
+    }
+
+    /// Whether the limits and domains (not the version, date or id) are equal.
+    fn same_content(&self, other: &PolicyVersion) -> bool {
+        self.allowed_domains == other.allowed_domains
+            && self.description == other.description
+            && self.max_output_bytes == other.max_output_bytes
+            && self.max_output_lines == other.max_output_lines
+            && self.max_requests == other.max_requests
+            && self.max_runtime_secs == other.max_runtime_secs
+            && self.max_spend_usd == other.max_spend_usd
+    }
+
+    /// A short human summary of the limits.
+    pub fn limits_summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(v) = self.max_spend_usd {
+            parts.push(format!("spend<=${v}"));
+        }
+        if let Some(v) = self.max_requests {
+            parts.push(format!("requests<={v}"));
+        }
+        if let Some(v) = self.max_runtime_secs {
+            parts.push(format!("runtime<={v}s"));
+        }
+        if let Some(v) = self.max_output_lines {
+            parts.push(format!("lines<={v}"));
+        }
+        if let Some(v) = self.max_output_bytes {
+            parts.push(format!("bytes<={v}"));
+        }
+        if parts.is_empty() {
+            "-".into()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+/// Why a policy value was refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PolicyError {
+    #[error("invalid domain {domain:?} in --allowed-domains: {reason}")]
+    Domain {
+        domain: String,
+        reason: &'static str,
+    },
+    #[error("too many domains in --allowed-domains ({0}; at most {DOMAINS_MAX})")]
+    TooManyDomains(usize),
+    #[error("invalid --max-spend-usd {0:?}: expected a non-negative amount like 5 or 2.50")]
+    Spend(String),
+    #[error("invalid --max-runtime {0:?}: a policy holds whole seconds")]
+    FractionalRuntime(String),
+    #[error(transparent)]
+    Unit(#[from] units::UnitError),
+    #[error("invalid --description: {0}")]
+    Description(&'static str),
+    #[error("create-policy needs --allowed-domains (an empty string means no network)")]
+    MissingDomains,
+}
+
+/// Changes asked for on the command line. `None`: keep (update) or default
+/// (create). `Some(None)`: no cap.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyEdit {
+    pub allowed_domains: Option<Vec<String>>,
+    pub max_spend_usd: Option<Option<f64>>,
+    pub max_requests: Option<Option<u64>>,
+    pub max_runtime_secs: Option<Option<u64>>,
+    pub max_output_lines: Option<Option<u64>>,
+    pub max_output_bytes: Option<Option<u64>>,
+    pub description: Option<String>,
+}
+
+impl PolicyEdit {
+    pub fn is_empty(&self) -> bool {
+        *self == PolicyEdit::default()
+    }
+
+    /// Version 1 of a new policy.
+    pub fn create(
+        &self,
+        policy_id: &str,
+        created_at: String,
+    ) -> Result<PolicyVersion, PolicyError> {
+        let allowed_domains = self
+            .allowed_domains
+            .clone()
+            .ok_or(PolicyError::MissingDomains)?;
+        Ok(PolicyVersion {
+            allowed_domains,
+            created_at,
+            description: self.description.clone().unwrap_or_default(),
+            max_output_bytes: self.max_output_bytes.flatten(),
+            max_output_lines: self.max_output_lines.flatten(),
+            max_requests: self.max_requests.flatten(),
+            max_runtime_secs: self.max_runtime_secs.flatten(),
+            max_spend_usd: self.max_spend_usd.flatten(),
+            policy_id: policy_id.to_string(),
+            version: 1,
+        })
+    }
+
+    /// The next version after `latest`, or `None` when nothing would change.
+    pub fn apply(
+        &self,
+        latest: &PolicyVersion,
+        version: u32,
+        created_at: String,
+    ) -> Option<PolicyVersion> {
+        let next = PolicyVersion {
+            allowed_domains: self
+                .allowed_domains
+                .clone()
+                .unwrap_or_else(|| latest.allowed_domains.clone()),
+            created_at,
+            description: self
+                .description
+                .clone()
+                .unwrap_or_else(|| latest.description.clone()),
+            max_output_bytes: self.max_output_bytes.unwrap_or(latest.max_output_bytes),
+            max_output_lines: self.max_output_lines.unwrap_or(latest.max_output_lines),
+            max_requests: self.max_requests.unwrap_or(latest.max_requests),
+            max_runtime_secs: self.max_runtime_secs.unwrap_or(latest.max_runtime_secs),
+            max_spend_usd: self.max_spend_usd.unwrap_or(latest.max_spend_usd),
+            policy_id: latest.policy_id.clone(),
+            version,
+        };
+        (!next.same_content(latest)).then_some(next)
+    }
+}
+
+/// One domain rule: `example.com`, `*.example.com`, or an IP literal.
+/// Lowercased, trailing dot stripped.
+pub fn normalize_domain(raw: &str) -> Result<String, PolicyError> {
+    let err = |reason| PolicyError::Domain {
+        domain: raw.to_string(),
+        reason,
+    };
+    let d = raw.trim().to_ascii_lowercase();
+    let d = d.strip_suffix('.').unwrap_or(&d).to_string();
+    if d.is_empty() {
+        return Err(err("empty"));
+    }
+    if !d.is_ascii() {
+        return Err(err("non-ASCII; use the punycode (xn--) form"));
+    }
+    let bare = d.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<IpAddr>().is_ok() {
+        return Ok(bare.to_string());
+    }
+    let host = d.strip_prefix("*.").unwrap_or(&d);
+    if host.len() > 253 {
+        return Err(err("longer than 253 characters"));
+    }
+    for label in host.split('.') {
+        if label.is_empty() {
+            return Err(err("empty label"));
+        }
+        if label.len() > 63 {
+            return Err(err("label longer than 63 characters"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(err(
+                "only letters, digits, '-' and '.' are allowed (and a leading '*.')",
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(err("a label must not start or end with '-'"));
+        }
+    }
+    Ok(d)
+}
+
+/// `--allowed-domains a.com,*.b.org`: empty entries are skipped; an empty
+/// string is an empty list (no network).
+pub fn parse_domains_csv(csv: &str) -> Result<Vec<String>, PolicyError> {
+    let mut out: Vec<String> = Vec::new();
+    for part in csv.split(',').filter(|p| !p.trim().is_empty()) {
+        let d = normalize_domain(part)?;
+        if !out.contains(&d) {
+            out.push(d);
+        }
+    }
+    if out.len() > DOMAINS_MAX {
+        return Err(PolicyError::TooManyDomains(out.len()));
+    }
+    Ok(out)
+}
+
+/// `--max-spend-usd`: a finite amount >= 0; 0 means no cap.
+pub fn parse_spend(raw: &str) -> Result<Option<f64>, PolicyError> {
+    let v: f64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| PolicyError::Spend(raw.to_string()))?;
+    if !v.is_finite() || !(0.0..=1e12).contains(&v) {
+        return Err(PolicyError::Spend(raw.to_string()));
+    }
+    Ok((v != 0.0).then_some(v))
+}
+
+/// `--max-runtime`: a duration in whole seconds; 0 means no cap.
+pub fn parse_runtime(raw: &str) -> Result<Option<u64>, PolicyError> {
+    let d = units::parse_duration(raw)?;
+    if d.subsec_nanos() != 0 {
+        return Err(PolicyError::FractionalRuntime(raw.to_string()));
+    }
+    Ok(crate::policy::nonzero(d.as_secs()))
+}
+
+/// `--max-requests`, `--max-output-lines`: a count; 0 means no cap.
+pub fn parse_count(raw: &str) -> Result<Option<u64>, PolicyError> {
+    Ok(crate::policy::nonzero(units::parse_count(raw)?))
+}
+
+/// `--max-output-bytes`: a size; 0 means no cap.
+pub fn parse_size(raw: &str) -> Result<Option<u64>, PolicyError> {
+    Ok(crate::policy::nonzero(units::parse_size(raw)?))
+}
+
+/// `--description`: at most 1024 characters, no control characters.
+pub fn parse_description(raw: &str) -> Result<String, PolicyError> {
+    if raw.chars().count() > DESCRIPTION_MAX {
+        return Err(PolicyError::Description("longer than 1024 characters"));
+    }
+    if raw.chars().any(char::is_control) {
+        return Err(PolicyError::Description("contains control characters"));
+    }
+    Ok(raw.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> PolicyVersion {
+        PolicyVersion {
+            allowed_domains: vec!["api.openai.com".into(), "*.example.com".into()],
+            created_at: "2026-01-01T00:00:00Z".into(),
+            description: "test".into(),
+            max_output_bytes: None,
+            max_output_lines: Some(100),
+            max_requests: Some(50),
+            max_runtime_secs: Some(300),
+            max_spend_usd: Some(2.5),
+            policy_id: "p1".into(),
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn canonical_form_has_sorted_keys_and_no_whitespace() {
+        let bytes = sample().canonical_bytes();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(!text.contains(' '));
+        assert!(!text.contains('\n'));
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        // Re-serializing a sorted-key map gives the same bytes.
+        let map: std::collections::BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(serde_json::to_vec(&map).unwrap(), bytes);
+    }
+
+    #[test]
+    fn hash_is_stable_and_content_sensitive() {
+        let a = sample();
+        assert_eq!(a.hash(), a.clone().hash());
+        assert_eq!(a.hash().len(), 64);
+        let mut b = a.clone();
+        b.max_requests = Some(51);
+        assert_ne!(a.hash(), b.hash());
+        let mut c = a.clone();
+        c.allowed_domains.reverse();
+        assert_ne!(a.hash(), c.hash());
+    }
+
+    #[test]
+    fn domains() {
+        assert_eq!(
+            parse_domains_csv(" API.OpenAI.com. ,*.Example.com,,api.openai.com").unwrap(),
+            vec!["api.openai.com", "*.example.com"]
+        );
+        assert_eq!(parse_domains_csv("").unwrap(), Vec::<String>::new());
+        assert_eq!(parse_domains_csv("10.0.0.1").unwrap(), vec!["10.0.0.1"]);
+        assert_eq!(parse_domains_csv("[::1]").unwrap(), vec!["::1"]);
+        for bad in ["a..b", "a/b", "*.", "*", "bücher.de", "-a.com", "a b.com"] {
+            assert!(parse_domains_csv(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn values() {
+        assert_eq!(parse_spend("2.50"), Ok(Some(2.5)));
+        assert_eq!(parse_spend("0"), Ok(None));
+        for bad in ["-1", "nan", "inf", "x", ""] {
+            assert!(parse_spend(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_runtime("5m"), Ok(Some(300)));
+        assert_eq!(parse_runtime("0"), Ok(None));
+        assert!(parse_runtime("1.5").is_err());
+        assert_eq!(parse_size("1K"), Ok(Some(1024)));
+        assert_eq!(parse_count("7"), Ok(Some(7)));
+        assert!(parse_description("a\nb").is_err());
+    }
+
+    #[test]
+    fn edits() {
+        let latest = sample();
+        assert!(PolicyEdit::default().is_empty());
+        let same = PolicyEdit {
+            max_requests: Some(Some(50)),
+            ..Default::default()
+        };
+        assert_eq!(same.apply(&latest, 2, "t".into()), None);
+        let change = PolicyEdit {
+            max_requests: Some(None),
+            ..Default::default()
+        };
+        let next = change.apply(&latest, 2, "t".into()).unwrap();
+        assert_eq!(next.version, 2);
+        assert_eq!(next.max_requests, None);
+        assert_eq!(next.allowed_domains, latest.allowed_domains);
+        assert_eq!(
+            PolicyEdit::default().create("p", "t".into()),
+            Err(PolicyError::MissingDomains)
+        );
+    }
+}

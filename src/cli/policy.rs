@@ -1,0 +1,135 @@
+//! `vallignus policy check FILE` and `vallignus policy show`.
+//!
+//! Both print an effective policy on stdout, in the policy file's own shape
+//! (YAML, or JSON with `--json`; either reads back as a policy file):
+//! durations in seconds, sizes in bytes, `null` for "no cap". Which policy
+//! file was used goes to stderr, prefixed `vallignus:`.
+//!
+//! Exit codes: 0 valid, 1 invalid or unreadable policy (the error names the
+//! file, line and key), 2 usage error.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::policy::file::{self, EffectivePolicy, FlagOverrides};
+use crate::policy::units::{parse_count, parse_duration, parse_size};
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file and print its effective policy (built-in defaults < file).
+    Check(CheckArgs),
+    /// Print what a run would enforce: built-in defaults < policy file < flags.
+    ///
+    /// The policy file is --policy FILE, else /etc/vallignus/policy.yaml when it
+    /// exists ($VALLIGNUS_SYSTEM_POLICY overrides that path).
+    Show(ShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The policy file (vallignus.policy.yaml).
+    file: PathBuf,
+    /// Print JSON instead of YAML.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Policy file to apply (default: the system policy, when it exists).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+
+    /// As `run --max-runtime` (0 = no cap, even if the policy file sets one).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    max_runtime: Option<Duration>,
+
+    /// As `run --max-output-lines`.
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    max_output_lines: Option<u64>,
+
+    /// As `run --max-output-bytes`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_output_bytes: Option<u64>,
+
+    /// As `run --max-requests`.
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    max_requests: Option<u64>,
+
+    /// Print JSON instead of YAML.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PolicyCliError {
+    #[error(transparent)]
+    File(#[from] file::PolicyFileError),
+    #[error("cannot print the policy as {format}: {message}")]
+    Print {
+        format: &'static str,
+        message: String,
+    },
+}
+
+pub fn execute(cmd: PolicyCommand) -> u8 {
+    let result = match cmd {
+        PolicyCommand::Check(a) => check(&a),
+        PolicyCommand::Show(a) => show(&a),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            super::print_error(&e);
+            1
+        }
+    }
+}
+
+fn check(args: &CheckArgs) -> Result<(), PolicyCliError> {
+    let policy = file::load(&args.file)?;
+    eprintln!("vallignus: {}: valid", args.file.display());
+    print(
+        &file::resolve(Some(&policy), &FlagOverrides::default()),
+        args.json,
+    )
+}
+
+fn show(args: &ShowArgs) -> Result<(), PolicyCliError> {
+    let policy = file::load_for_run(args.policy.as_deref())?;
+    match &policy {
+        Some(p) => eprintln!("vallignus: policy file: {}", p.source.display()),
+        None => eprintln!("vallignus: no policy file: built-in defaults and flags only"),
+    }
+    let flags = FlagOverrides {
+        max_runtime: args.max_runtime,
+        max_output_lines: args.max_output_lines,
+        max_output_bytes: args.max_output_bytes,
+        max_requests: args.max_requests,
+    };
+    print(&file::resolve(policy.as_ref(), &flags), args.json)
+}
+
+fn print(policy: &EffectivePolicy, json: bool) -> Result<(), PolicyCliError> {
+    let doc = policy.document();
+    let text = if json {
+        serde_json::to_string_pretty(&doc)
+            .map(|mut s| {
+                s.push('\n');
+                s
+            })
+            .map_err(|e| PolicyCliError::Print {
+                format: "JSON",
+                message: e.to_string(),
+            })?
+    } else {
+        serde_saphyr::to_string(&doc).map_err(|e| PolicyCliError::Print {
+            format: "YAML",
+            message: e.to_string(),
+        })?
+    };
+    print!("{text}");
+    Ok(())
+}
