@@ -242,13 +242,16 @@ impl Batch {
     fn with_capacity() -> Self {
         Self {
             bytes: Vec::with_capacity(BATCH_BYTES + (64 << 10)),
-            events: Vec::with_capacity(BATCH_BYTES / 64),
+            events: Vec::with_capacity(BATCH_BYTES / 128),
         }
     }
 }
 
 /// Hand a batch to the chain once it holds this many bytes.
-const BATCH_BYTES: usize = 1 << 20;
+/// 256 KiB: large enough to amortise the hand-over, small enough that the
+/// batches in flight (at most 2 queued, 2 recycled, 1 in each thread) keep
+/// the supervisor's memory to a few MiB.
+const BATCH_BYTES: usize = 256 << 10;
 
 enum ChainMsg {
     Batch(Batch),
@@ -312,8 +315,8 @@ impl<W: Write + Send + 'static> EventWriter<W> {
                 return Ok(());
             }
         };
-        let (tx, rx) = std::sync::mpsc::sync_channel::<ChainMsg>(4);
-        let (recycle_tx, recycle) = std::sync::mpsc::sync_channel::<Batch>(4);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<ChainMsg>(2);
+        let (recycle_tx, recycle) = std::sync::mpsc::sync_channel::<Batch>(2);
         let spawned = std::thread::Builder::new()
             .name("events".into())
             .spawn(move || {

@@ -204,10 +204,24 @@ impl Store {
         Ok(listing)
     }
 
-    /// Mark a session as having a live supervisor.
-    pub fn mark_running(&self, session_id: &str) -> Result<(), SessionError> {
+    /// Mark a session as having a live supervisor, identified by pid and
+    /// start time (the marker's content: `<pid> <start time>`), so that a
+    /// supervisor that dies before its first session.json is still found.
+    pub fn mark_running(
+        &self,
+        session_id: &str,
+        pid: i32,
+        start_time: u64,
+    ) -> Result<(), SessionError> {
         let path = self.running_dir().join(session_id);
-        File::create(&path).map(drop).map_err(io_err(&path))
+        fs::write(&path, format!("{pid} {start_time}\n")).map_err(io_err(&path))
+    }
+
+    /// The supervisor (pid, start time) recorded in a running marker.
+    pub fn running_supervisor(&self, session_id: &str) -> Option<(i32, u64)> {
+        let text = fs::read_to_string(self.running_dir().join(session_id)).ok()?;
+        let mut parts = text.split_whitespace();
+        Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
     }
 
     pub fn clear_running(&self, session_id: &str) {
@@ -318,8 +332,9 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let store = Store::new(home.path().to_path_buf());
         let (id, _) = store.create_session_dir().unwrap();
-        store.mark_running(&id).unwrap();
+        store.mark_running(&id, 42, 7).unwrap();
         assert_eq!(store.running_ids(), vec![id.clone()]);
+        assert_eq!(store.running_supervisor(&id), Some((42, 7)));
         store.clear_running(&id);
         assert!(store.running_ids().is_empty());
     }

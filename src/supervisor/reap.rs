@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::cgroup::{parse_run_cgroup_name, Cgroup};
 use crate::session::store::{load_meta, save_meta, Store};
-use crate::session::Status;
+use crate::session::{SessionMeta, Status};
 
 /// Start time (clock ticks since boot) of `pid`, from `/proc/<pid>/stat`.
 pub fn proc_start_time(pid: i32) -> Option<u64> {
@@ -92,13 +92,34 @@ pub fn reap_sessions(store: &Store) -> Vec<String> {
     let mut reaped = Vec::new();
     for id in store.running_ids() {
         let dir = store.sessions_dir().join(&id);
-        let Ok(mut meta) = load_meta(&id, &dir) else {
-            // No readable session behind the marker: nothing to mark.
-            if !dir.exists() {
-                store.clear_running(&id);
-            }
+        if !dir.exists() {
+            store.clear_running(&id);
             continue;
+        }
+        let marker = store.running_supervisor(&id);
+        let mut meta = match load_meta(&id, &dir) {
+            Ok(meta) => meta,
+            // The supervisor died before its first session.json: write one
+            // from what the marker says, if that supervisor is gone.
+            Err(_) => match marker {
+                Some((pid, start)) if !supervisor_alive(pid, start) => SessionMeta {
+                    session_id: id.clone(),
+                    status: Some(Status::Running),
+                    ..SessionMeta::default()
+                },
+                _ => continue,
+            },
         };
+        if meta.supervisor.is_none() {
+            if let Some((pid, start_time)) = marker {
+                meta.supervisor = Some(crate::session::meta::SupervisorInfo {
+                    pid,
+                    start_time,
+                    cgroup: None,
+                    version: String::new(),
+                });
+            }
+        }
         let alive = meta
             .supervisor
             .as_ref()
@@ -129,6 +150,24 @@ mod tests {
             "1234 (a) b) (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         assert_eq!(parse_start_time(stat), Some(987654));
         assert_eq!(parse_start_time("garbage"), None);
+    }
+
+    #[test]
+    fn session_without_metadata_of_a_dead_supervisor_is_marked_interrupted() {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::new(home.path().to_path_buf());
+        let (dead, _) = store.create_session_dir().unwrap();
+        let (alive, _) = store.create_session_dir().unwrap();
+        let me = std::process::id() as i32;
+        let start = proc_start_time(me).unwrap();
+        // Same pid, other start time: a supervisor that is gone.
+        store.mark_running(&dead, me, start + 1).unwrap();
+        store.mark_running(&alive, me, start).unwrap();
+        assert_eq!(reap_sessions(&store), vec![dead.clone()]);
+        let meta = store.load(&dead).unwrap();
+        assert_eq!(meta.status, Some(Status::Interrupted));
+        assert_eq!(meta.termination_reason.as_deref(), Some("supervisor_lost"));
+        assert_eq!(store.running_ids(), vec![alive]);
     }
 
     #[test]

@@ -54,8 +54,12 @@ impl Record {
         let events = create_private_file(&dir.join("events.jsonl"))?;
         let stdout_log = create_private_file(&dir.join("stdout.log"))?;
         let stderr_log = create_private_file(&dir.join("stderr.log"))?;
-        save_meta(&dir, &meta)?;
-        store.mark_running(&session_id)?;
+        // session.json is first written once the run's enforcement is known
+        // (see `save`); until then the running marker identifies the
+        // supervisor, so a crash in between is still found and reaped.
+        if let Some(sup) = &meta.supervisor {
+            store.mark_running(&session_id, sup.pid, sup.start_time)?;
+        }
         let writer = EventWriter::new(
             BufWriter::with_capacity(Journal::event_buffer_size(), events),
             &session_id,
