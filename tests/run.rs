@@ -69,14 +69,43 @@ fn bad_flags_exit_125_and_name_the_flag() {
 }
 
 #[test]
-fn unenforceable_flags_fail_closed() {
+fn bad_token_fails_closed() {
     let h = Home::new();
-    let o = h.run(&["run", "--max-requests", "5", "--", "true"]);
-    assert_eq!(code(&o), 125);
-    assert!(stderr(&o).contains("--max-requests"), "{}", stderr(&o));
-    let o = h.run(&["run", "--token", "abc", "--", "true"]);
+    let o = h.run(&["run", "--token", "abc", "--", "sh", "-c", "echo ran"]);
     assert_eq!(code(&o), 125);
     assert!(stderr(&o).contains("--token"), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("ran"));
+    let o = h
+        .cmd()
+        .env("VALLIGNUS_TOKEN", "vl1.x.y.z")
+        .args(["run", "--", "sh", "-c", "echo ran"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("malformed"), "{}", stderr(&o));
+}
+
+#[test]
+fn max_requests_without_the_proxy_means_no_network() {
+    require_cgroups!("max_requests_without_the_proxy_means_no_network");
+    // A listener on the host's loopback: the agent must not reach it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let h = Home::new();
+    let probe = format!(
+        "import socket\ns = socket.socket()\ns.settimeout(2)\ntry:\n    s.connect(('127.0.0.1', {port}))\n    print('connected')\nexcept OSError as e:\n    print('refused')"
+    );
+    let o = h.run(&["run", "--max-requests", "5", "--", "python3", "-c", &probe]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "refused\n");
+    assert!(stderr(&o).contains("no network"), "{}", stderr(&o));
+    let s = h.session_json();
+    assert_eq!(s["enforcement"]["network"]["enforced"], true);
+    assert!(s["enforcement"]["network"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("max_requests 5"));
+    assert_eq!(s["limits"]["max_requests"], 5);
 }
 
 #[test]

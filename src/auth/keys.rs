@@ -160,6 +160,17 @@ impl AuthStore {
         Ok(Rotation { previous, active })
     }
 
+    /// The active kid and its private key, for signing outside the auth
+    /// module (session seals). Creates the store and its first key if there
+    /// is none, exactly as `auth init` would (under the lock, so concurrent
+    /// runs agree on one first key).
+    pub fn active_signing_key(&self, now: SystemTime) -> Result<(String, SigningKey), AuthError> {
+        let lock = self.lock()?;
+        let kid = self.ensure_key(&lock, now)?;
+        let key = self.signing_key(&kid)?;
+        Ok((kid, key))
+    }
+
     /// The private key of `kid` (only the active one exists).
     pub(crate) fn signing_key(&self, kid: &str) -> Result<SigningKey, AuthError> {
         let path = self.private_key_path(kid)?;

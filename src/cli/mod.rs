@@ -7,6 +7,7 @@
 //! unreadable, 2 on a usage error.
 
 mod auth;
+mod doctor;
 mod policy;
 mod replay;
 mod run;
@@ -31,12 +32,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a command under supervision: caps, teardown of every process, a session record.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// List and inspect recorded sessions.
     #[command(subcommand)]
     Sessions(sessions::SessionsCommand),
     /// Replay a session's output in the order it was produced.
     Replay(replay::ReplayArgs),
+    /// What this host can enforce, and whether a run with a given policy would start.
+    Doctor(doctor::DoctorArgs),
     /// Agents, versioned policies, signing keys and signed tokens.
     #[command(subcommand)]
     Auth(auth::AuthCommand),
@@ -84,9 +87,10 @@ pub fn main() -> ExitCode {
         }
     };
     ExitCode::from(match cli.command {
-        Command::Run(a) => run::execute(a),
+        Command::Run(a) => run::execute(*a),
         Command::Sessions(c) => sessions::execute(c),
         Command::Replay(a) => replay::execute(a),
+        Command::Doctor(a) => doctor::execute(a),
         Command::Auth(c) => auth::execute(c),
         Command::Policy(c) => policy::execute(c),
     })

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::cgroup;
+use crate::isolation::namespaces::{Level, Namespaces};
+use crate::isolation::user::{self, RunAs};
 use crate::policy::units::{parse_count, parse_duration, parse_size};
-use crate::policy::{nonzero, RunPolicy};
+use crate::policy::{narrow, nonzero, RunPolicy};
 use crate::supervisor;
 
 #[derive(Debug, Args)]
@@ -44,9 +46,48 @@ pub struct RunArgs {
     #[arg(long, value_name = "RULE", value_parser = cgroup::parse_io_max)]
     io_max: Vec<String>,
 
+    /// Isolation level: none (default), standard (PID, mount, IPC, UTS namespaces; private
+    /// /tmp; no capabilities; no_new_privs) or strict (standard + no network).
+    /// (Default: the policy file's security_context.level, else none.)
+    #[arg(long, value_name = "LEVEL", value_parser = Level::parse)]
+    isolation: Option<Level>,
+
+    /// Namespaces to add: a comma-separated list of user, pid, mount, net, ipc, uts (or all).
+    #[arg(long, value_name = "LIST", value_parser = Namespaces::parse)]
+    unshare: Option<Namespaces>,
+
+    /// Run the agent as this user: NAME, UID or UID:GID (needs root). `nobody` on servers.
+    #[arg(long, value_name = "USER", value_parser = user::resolve)]
+    user: Option<RunAs>,
+
+    /// Let the agent read (and execute) PATH, on top of the default rules (landlock). Repeatable.
+    #[arg(long, value_name = "PATH")]
+    ro: Vec<PathBuf>,
+
+    /// Let the agent read and write PATH (landlock). Repeatable.
+    #[arg(long, value_name = "PATH")]
+    rw: Vec<PathBuf>,
+
+    /// Deny the agent PATH even where a default rule would allow it (landlock). Repeatable.
+    #[arg(long, value_name = "PATH")]
+    hide: Vec<PathBuf>,
+
+    /// Seccomp profile: default, strict, none, or a JSON file (seccompiler's format). Default:
+    /// none for --isolation none, default for standard, strict for strict.
+    #[arg(long, value_name = "PROFILE")]
+    seccomp: Option<crate::isolation::seccomp::Profile>,
+
+    /// Size of the private /tmp and /dev/shm (with a mount namespace).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
+    tmp_size: u64,
+
     /// Time between SIGTERM and SIGKILL at teardown.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "2")]
     kill_grace: std::time::Duration,
+
+    /// Policy file (default: /etc/vallignus/policy.yaml when it exists). Flags override it.
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
 
     /// Cap on HTTP requests through the policy proxy (0 = no cap).
     #[arg(long, value_name = "N", value_parser = parse_count)]
@@ -119,18 +160,40 @@ impl RunArgs {
                 cpu_max: self.cpu_max,
                 io_max: self.io_max.clone(),
             },
+            isolation: crate::policy::Isolation {
+                level: self.isolation.unwrap_or_default(),
+                unshare: self.unshare.unwrap_or_default(),
+                run_as: self.user,
+                tmp_size: self.tmp_size,
+                fs: crate::isolation::landlock::FsFlags {
+                    ro: self.ro.clone(),
+                    rw: self.rw.clone(),
+                    hide: self.hide.clone(),
+                },
+                seccomp: self.seccomp.clone(),
+            },
             kill_grace: self.kill_grace,
             record_session: !self.no_session,
             best_effort: self.best_effort,
             quiet: self.quiet,
             session_id_file: self.session_id_file.clone(),
             token: self.token.clone().filter(|t| !t.is_empty()),
+            ..RunPolicy::default()
         }
     }
 }
 
 pub fn execute(args: RunArgs) -> u8 {
-    let policy = args.policy();
+    if args.token.is_none() && (args.port.is_some() || args.log.is_some()) && !args.quiet {
+        eprintln!("vallignus: --port and --log are vallignus 0.4.2 firewall options; ignored");
+    }
+    let policy = match resolve(&args) {
+        Ok(p) => p,
+        Err(msg) => {
+            eprintln!("vallignus: error: {msg}");
+            return 125;
+        }
+    };
     match supervisor::run(&args.command, &policy) {
         Ok(report) => report.exit_code,
         Err(e) => {
@@ -138,4 +201,114 @@ pub fn execute(args: RunArgs) -> u8 {
             e.exit_code()
         }
     }
+}
+
+/// The effective policy of the run: built-in defaults < policy file <
+/// flags, then narrowed by the token. Everything is validated here, before
+/// anything touches the system.
+fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
+    use crate::policy::file::{self, FlagOverrides, SecurityLevel, User};
+    let mut p = args.policy();
+
+    // The policy file, under the flags.
+    let pf = file::load_for_run(args.policy.as_deref()).map_err(|e| e.to_string())?;
+    let eff = file::resolve(
+        pf.as_ref(),
+        &FlagOverrides {
+            max_runtime: args.max_runtime,
+            max_output_lines: args.max_output_lines,
+            max_output_bytes: args.max_output_bytes,
+            max_requests: args.max_requests,
+        },
+    );
+    p.max_runtime = eff.max_runtime;
+    p.max_output_lines = eff.max_output_lines;
+    p.max_output_bytes = eff.max_output_bytes;
+    p.max_requests = eff.network.max_requests;
+    if let Some(f) = &pf {
+        p.policy_file = Some(f.source.clone());
+        p.cgroup.memory_max = p.cgroup.memory_max.or(eff.memory);
+        p.cgroup.pids_max = p.cgroup.pids_max.or(eff.pids);
+        if p.cgroup.cpu_max.is_none() {
+            if let Some(cpus) = eff.cpu {
+                p.cgroup.cpu_max = Some(cgroup::cpu_max_from_fraction(cpus)?);
+            }
+        }
+        if args.isolation.is_none() {
+            if let Some(level) = f.security_context.level {
+                p.isolation.level = match level {
+                    SecurityLevel::Standard => Level::Standard,
+                    SecurityLevel::Strict => Level::Strict,
+                    SecurityLevel::Unconfined => Level::None,
+                };
+            }
+        }
+        if p.isolation.run_as.is_none() {
+            if let Some(u) = &f.security_context.user {
+                let spec = match u {
+                    User::Name(n) => n.clone(),
+                    User::Id(id) => id.to_string(),
+                };
+                p.isolation.run_as =
+                    Some(user::resolve(&spec).map_err(|e| {
+                        format!("{}: security_context.user: {e}", f.source.display())
+                    })?);
+            }
+        }
+        if let Some(net) = &f.constraints.network {
+            let rules = p.network.get_or_insert_with(Default::default);
+            rules
+                .allow_domains
+                .extend(net.allow_domains.iter().map(|d| d.to_string()));
+            rules
+                .deny_domains
+                .extend(net.deny_domains.iter().map(|d| d.to_string()));
+            rules.max_spend_usd = eff.network.max_spend_usd;
+            rules
+                .sources
+                .push(format!("policy file {}", f.source.display()));
+        }
+    }
+
+    // The token: verified before anything starts, and it only narrows.
+    if let Some(token) = &p.token {
+        let home = crate::session::store::home_dir().map_err(|e| e.to_string())?;
+        let v = crate::auth::verify_for_run(&home, token, std::time::SystemTime::now())
+            .map_err(|e| format!("--token: {e}"))?;
+        let tp = &v.policy;
+        p.max_runtime = narrow(
+            p.max_runtime,
+            tp.max_runtime_secs
+                .filter(|s| *s > 0)
+                .map(std::time::Duration::from_secs),
+        );
+        p.max_output_lines = narrow(p.max_output_lines, tp.max_output_lines.and_then(nonzero));
+        p.max_output_bytes = narrow(p.max_output_bytes, tp.max_output_bytes.and_then(nonzero));
+        p.max_requests = narrow(p.max_requests, tp.max_requests.and_then(nonzero));
+        let rules = p.network.get_or_insert_with(Default::default);
+        rules
+            .allow_domains
+            .extend(tp.allowed_domains.iter().cloned());
+        rules.max_spend_usd = narrow(rules.max_spend_usd, tp.max_spend_usd);
+        rules.sources.push(format!(
+            "token {} (policy {} v{})",
+            v.jti, tp.policy_id, tp.version
+        ));
+        p.token_identity = Some(crate::policy::TokenIdentity {
+            agent_id: v.agent_id.clone(),
+            owner: v.owner.clone(),
+            policy_id: tp.policy_id.clone(),
+            policy_version: tp.version,
+            jti: v.jti.clone(),
+            kid: v.kid.clone(),
+        });
+    }
+    if let Some(n) = p.max_requests {
+        let rules = p.network.get_or_insert_with(Default::default);
+        rules.max_requests = Some(n);
+        if rules.sources.is_empty() {
+            rules.sources.push("--max-requests".into());
+        }
+    }
+    Ok(p)
 }

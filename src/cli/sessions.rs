@@ -1,4 +1,4 @@
-//! `vallignus sessions list|show`
+//! `vallignus sessions list|show|verify`
 
 use clap::{Args, Subcommand};
 
@@ -13,6 +13,9 @@ pub enum SessionsCommand {
     List(ListArgs),
     /// Show one session's metadata and its last events.
     Show(ShowArgs),
+    /// Check a session's hash chain and seal; report exactly what was altered
+    /// (exit 0 intact, 1 altered or unverifiable, 2 bad id).
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -37,6 +40,16 @@ pub struct ShowArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The session id (as printed by `run` and `sessions list`).
+    session_id: String,
+    /// Print JSON: {"session_id", "intact", "sealed", "kid", "sealed_at",
+    /// "event_count", "findings": [{"kind", "file", "line", "message"}]}.
+    #[arg(long)]
+    json: bool,
+}
+
 pub(crate) fn exit_code_for(e: &SessionError) -> u8 {
     match e {
         SessionError::InvalidId(_) => 2,
@@ -55,11 +68,12 @@ pub(crate) fn open_store() -> Result<Store, SessionError> {
 
 pub fn execute(cmd: SessionsCommand) -> u8 {
     let result = match cmd {
-        SessionsCommand::List(a) => list(&a),
-        SessionsCommand::Show(a) => show(&a),
+        SessionsCommand::List(a) => list(&a).map(|()| 0),
+        SessionsCommand::Show(a) => show(&a).map(|()| 0),
+        SessionsCommand::Verify(a) => verify(&a),
     };
     match result {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(e) => {
             super::print_error(&e);
             exit_code_for(&e)
@@ -347,4 +361,42 @@ fn show(args: &ShowArgs) -> Result<(), SessionError> {
         eprintln!("vallignus: warning: session {}: {p}", meta.session_id);
     }
     Ok(())
+}
+
+/// `sessions verify`: read-only (no reaping of dead supervisors' leftovers,
+/// nothing written); needs only the public keys of `<home>/auth/keys/`.
+fn verify(args: &VerifyArgs) -> Result<u8, SessionError> {
+    let store = Store::open_default()?;
+    let dir = store.session_dir(&args.session_id)?;
+    let auth = crate::auth::AuthStore::new(store.home());
+    let v = crate::session::verify::verify(&dir, &args.session_id, |kid| {
+        auth.verifying_key(kid).map_err(|e| e.to_string())
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else if v.intact {
+        println!(
+            "session {}: intact ({} events; chain, seal signature by {} and file hashes all match; sealed {})",
+            v.session_id,
+            v.event_count,
+            v.kid.as_deref().unwrap_or("?"),
+            v.sealed_at.as_deref().unwrap_or("?"),
+        );
+    } else {
+        use crate::session::verify::FindingKind;
+        let headline = match v.findings.first().map(|f| f.kind) {
+            Some(FindingKind::NotVerifiable) => "cannot be verified",
+            _ if v.findings.iter().all(|f| f.kind == FindingKind::NoSeal) => "not sealed",
+            _ => "NOT intact",
+        };
+        println!(
+            "session {}: {headline} ({} problem(s))",
+            v.session_id,
+            v.findings.len()
+        );
+        for f in &v.findings {
+            println!("  {}", f.message);
+        }
+    }
+    Ok(if v.intact { 0 } else { 1 })
 }

@@ -21,6 +21,17 @@ pub struct RunPolicy {
     pub max_requests: Option<u64>,
     /// cgroup v2 controller limits (memory, swap, pids, cpu, io).
     pub cgroup: crate::cgroup::Limits,
+    /// Namespaces, user, private mounts.
+    pub isolation: Isolation,
+    /// Network rules asked for (policy file, token, --max-requests). This
+    /// build has no policy proxy, so a run with rules gets no network at
+    /// all (a network namespace with only loopback): the fail-closed
+    /// subset of any allowlist.
+    pub network: Option<NetworkRequest>,
+    /// The token's identity, once verified (recorded in the session).
+    pub token_identity: Option<TokenIdentity>,
+    /// The policy file that was applied.
+    pub policy_file: Option<PathBuf>,
     pub kill_grace: Duration,
     /// Record a session (`--no-session` turns it off; caps still apply).
     pub record_session: bool,
@@ -39,6 +50,10 @@ impl Default for RunPolicy {
             max_output_bytes: None,
             max_requests: None,
             cgroup: crate::cgroup::Limits::default(),
+            isolation: Isolation::default(),
+            network: None,
+            token_identity: None,
+            policy_file: None,
             kill_grace: Duration::from_secs(2),
             record_session: true,
             best_effort: false,
@@ -49,7 +64,118 @@ impl Default for RunPolicy {
     }
 }
 
+/// The network rules a run was asked to enforce.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NetworkRequest {
+    pub allow_domains: Vec<String>,
+    pub deny_domains: Vec<String>,
+    pub max_requests: Option<u64>,
+    pub max_spend_usd: Option<f64>,
+    /// Where the rules came from (for messages): "policy file", "token", "--max-requests".
+    pub sources: Vec<String>,
+}
+
+/// Who a verified token says is running.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenIdentity {
+    pub agent_id: String,
+    pub owner: String,
+    pub policy_id: String,
+    pub policy_version: u32,
+    pub jti: String,
+    pub kid: String,
+}
+
+/// The smaller of two optional caps (`None` = no cap): a token can only narrow.
+pub fn narrow<T: PartialOrd + Copy>(current: Option<T>, token: Option<T>) -> Option<T> {
+    match (current, token) {
+        (Some(c), Some(t)) => Some(if t < c { t } else { c }),
+        (c, None) => c,
+        (None, t) => t,
+    }
+}
+
+/// What isolates the agent from the host (see [`crate::isolation`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Isolation {
+    pub level: crate::isolation::namespaces::Level,
+    /// Namespaces named with `--unshare`, on top of the level's.
+    pub unshare: crate::isolation::namespaces::Namespaces,
+    /// `--user`: the uid/gid to run the agent as.
+    pub run_as: Option<crate::isolation::user::RunAs>,
+    /// Size of the private /tmp and /dev/shm (mount namespace).
+    pub tmp_size: u64,
+    /// `--ro`, `--rw`, `--hide`: landlock rules on top of the defaults.
+    pub fs: crate::isolation::landlock::FsFlags,
+    /// `--seccomp`; `None`: the level's (none for `none`, `default` for
+    /// `standard`, `strict` for `strict`).
+    pub seccomp: Option<crate::isolation::seccomp::Profile>,
+}
+
+impl Default for Isolation {
+    fn default() -> Self {
+        Self {
+            level: crate::isolation::namespaces::Level::None,
+            unshare: crate::isolation::namespaces::Namespaces::default(),
+            run_as: None,
+            tmp_size: 256 << 20,
+            fs: crate::isolation::landlock::FsFlags::default(),
+            seccomp: None,
+        }
+    }
+}
+
+impl Isolation {
+    /// The namespaces the agent gets (level + `--unshare`, normalized).
+    pub fn namespaces(&self, as_root: bool) -> crate::isolation::namespaces::Namespaces {
+        self.level
+            .namespaces(as_root)
+            .union(self.unshare)
+            .normalized()
+    }
+
+    /// The seccomp profile of the run.
+    pub fn seccomp_profile(&self) -> crate::isolation::seccomp::Profile {
+        use crate::isolation::namespaces::Level;
+        use crate::isolation::seccomp::Profile;
+        self.seccomp.clone().unwrap_or(match self.level {
+            Level::None => Profile::None,
+            Level::Standard => Profile::Default,
+            Level::Strict => Profile::Strict,
+        })
+    }
+
+    /// Whether landlock file rules apply: any isolation level, or a file flag.
+    pub fn landlock(&self) -> bool {
+        self.level != crate::isolation::namespaces::Level::None
+            || !self.fs.ro.is_empty()
+            || !self.fs.rw.is_empty()
+            || !self.fs.hide.is_empty()
+    }
+
+    /// Whether capabilities are dropped and no_new_privs set.
+    pub fn lock_down(&self) -> bool {
+        self.level != crate::isolation::namespaces::Level::None
+            || self.run_as.is_some()
+            || self.unshare.any()
+    }
+}
+
 /// Zero means "no cap", as in 0.4.2.
 pub fn nonzero(v: u64) -> Option<u64> {
     (v != 0).then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn narrowing_never_widens() {
+        assert_eq!(narrow(Some(10), Some(5)), Some(5));
+        assert_eq!(narrow(Some(5), Some(10)), Some(5));
+        assert_eq!(narrow(None, Some(7)), Some(7));
+        assert_eq!(narrow(Some(7), None), Some(7));
+        assert_eq!(narrow::<u64>(None, None), None);
+    }
 }

@@ -116,6 +116,20 @@ pub struct SessionMeta {
     pub supervisor: Option<SupervisorInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Set when the run used a token: who the agent is, and which policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_jti: Option<String>,
+    /// The policy file that was applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_file: Option<String>,
 
     /// Keys written by other versions, kept verbatim on rewrite.
     #[serde(flatten)]

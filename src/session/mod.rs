@@ -7,6 +7,7 @@
 //!   events.jsonl   append-only event stream with seq, t_us and a SHA-256 hash chain (`prev`)
 //!   stdout.log     raw stdout bytes
 //!   stderr.log     raw stderr bytes
+//!   seal.json      Ed25519 signature over the chain's end and the files' hashes (written last)
 //! ```
 //! Invariants: the session directory and files are created 0700/0600 and
 //! owned by the supervisor's user; `session.json` is never half-written
@@ -18,7 +19,9 @@ pub mod id;
 pub mod meta;
 pub mod reader;
 pub mod replay;
+pub mod seal;
 pub mod store;
+pub mod verify;
 
 pub use event::{Event, EventWriter, Stream};
 pub use meta::{SessionMeta, Status};

@@ -17,6 +17,15 @@ pub enum Stage {
     SignalMask = 5,
     CloseFds = 6,
     Exec = 7,
+    Init = 8,
+    Mounts = 9,
+    Network = 10,
+    Hostname = 11,
+    User = 12,
+    Capabilities = 13,
+    NoNewPrivs = 14,
+    Landlock = 15,
+    Seccomp = 16,
 }
 
 impl Stage {
@@ -29,6 +38,15 @@ impl Stage {
             5 => Stage::SignalMask,
             6 => Stage::CloseFds,
             7 => Stage::Exec,
+            8 => Stage::Init,
+            9 => Stage::Mounts,
+            10 => Stage::Network,
+            11 => Stage::Hostname,
+            12 => Stage::User,
+            13 => Stage::Capabilities,
+            14 => Stage::NoNewPrivs,
+            15 => Stage::Landlock,
+            16 => Stage::Seccomp,
             _ => return None,
         })
     }
@@ -44,6 +62,15 @@ impl fmt::Display for Stage {
             Stage::SignalMask => "resetting the signal mask",
             Stage::CloseFds => "closing inherited file descriptors",
             Stage::Exec => "executing the command",
+            Stage::Init => "starting the PID namespace's init",
+            Stage::Mounts => "mounting the private /tmp, /dev/shm and /proc",
+            Stage::Network => "bringing up loopback in the network namespace",
+            Stage::Hostname => "setting the hostname",
+            Stage::User => "switching to the target user",
+            Stage::Capabilities => "dropping capabilities",
+            Stage::NoNewPrivs => "setting no_new_privs",
+            Stage::Landlock => "applying the landlock rules",
+            Stage::Seccomp => "installing the seccomp filter",
         })
     }
 }

@@ -1,18 +1,42 @@
 //! What the forked child does before it becomes the agent, in order.
 //!
-//! Runs in the child right after `clone3`, in a copy of the single-threaded
-//! supervisor. It never returns: it either `execve`s the agent or reports the
-//! failed step over the error pipe and `_exit`s. Each step is one block of
-//! this linear function; later isolation layers slot in before `exec`.
+//! Runs in the child right after `clone3` (already inside the requested
+//! namespaces), in a copy of the single-threaded supervisor. It never
+//! returns: it either `execve`s the agent or reports the failed step over
+//! the error pipe and `_exit`s. Each step is one block of this linear
+//! function, in the order of DESIGN.md's pipeline step 6; seccomp is last
+//! before exec so that nothing after it needs a denied system call.
 
 use std::ffi::CString;
 use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
+use nix::mount::{mount, MsFlags};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::unistd::{Gid, Uid};
 
 use super::channel::{ChildError, Stage};
-use crate::sys;
+use super::init;
+use crate::isolation::namespaces::Namespaces;
+use crate::isolation::user::RunAs;
+use crate::sys::{self, Forked};
+
+/// Everything the child needs, prepared in the supervisor before the fork
+/// (so the child does no lookups and little allocation).
+pub struct ChildPlan {
+    pub argv: Vec<CString>,
+    pub namespaces: Namespaces,
+    pub run_as: Option<RunAs>,
+    /// Drop every capability and set `no_new_privs` (any isolation level,
+    /// or `--user`).
+    pub lock_down: bool,
+    /// Size of the private `/tmp` and `/dev/shm` tmpfs (mount namespace).
+    pub tmp_size: u64,
+    /// The landlock ruleset, built in the supervisor; applied last but seccomp.
+    pub landlock: Option<crate::isolation::landlock::Prepared>,
+    /// The seccomp filters, compiled in the supervisor; installed last.
+    pub seccomp: Option<crate::isolation::seccomp::CompiledProfile>,
+}
 
 /// The fds the child works with (its copies of the supervisor's fds).
 pub struct ChildFds {
@@ -21,9 +45,11 @@ pub struct ChildFds {
     pub errors: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// Write end of the agent-status pipe (PID namespace: written by init).
+    pub status: Option<OwnedFd>,
     /// The supervisor's ends of the pipes: closed first thing, so that the
     /// child never keeps its own "go" pipe or the output pipes alive.
-    pub parent_ends: [OwnedFd; 4],
+    pub parent_ends: Vec<OwnedFd>,
 }
 
 /// Report `stage` failed with `errno` to the supervisor and exit.
@@ -37,15 +63,21 @@ fn fail(errors: &OwnedFd, stage: Stage, errno: Errno) -> ! {
     sys::exit_now(i32::from(report.exit_code()))
 }
 
-pub fn run(argv: &[CString], fds: ChildFds) -> ! {
+fn io_errno(e: &std::io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::EINVAL, Errno::from_raw)
+}
+
+pub fn run(plan: &mut ChildPlan, fds: ChildFds) -> ! {
     let ChildFds {
         parent_pid,
         go,
         errors,
         stdout,
         stderr,
+        status,
         parent_ends,
     } = fds;
+    let ns = plan.namespaces;
 
     // 1. Drop the supervisor's pipe ends held by this copy of the process.
     drop(parent_ends);
@@ -54,11 +86,12 @@ pub fn run(argv: &[CString], fds: ChildFds) -> ! {
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         fail(&errors, Stage::ParentDeathSignal, e);
     }
-    if nix::unistd::getppid().as_raw() != parent_pid {
+    if !ns.pid && nix::unistd::getppid().as_raw() != parent_pid {
         sys::exit_now(125);
     }
 
-    // 3. Wait for "go": the supervisor finishes its side of the setup first.
+    // 3. Wait for "go": the supervisor finishes its side of the setup first
+    //    (uid/gid maps of the user namespace).
     let mut byte = [0u8; 1];
     match nix::unistd::read(&go, &mut byte) {
         Ok(1) => {}
@@ -82,9 +115,70 @@ pub fn run(argv: &[CString], fds: ChildFds) -> ! {
     }
     drop((stdout, stderr));
 
-    // 6. Signals as a fresh process expects them: nothing blocked (the
-    //    supervisor blocks the ones it reads through a signalfd), every
-    //    disposition default (SIG_IGN would survive exec).
+    // 6. PID namespace: this process is pid 1. It stays as the agent's
+    //    init; the agent is its child (pid 2) and goes on with the setup.
+    if ns.pid {
+        if let Err(e) = init::signal_mask().thread_block() {
+            fail(&errors, Stage::SignalMask, e);
+        }
+        match sys::fork_into_cgroup(None, 0) {
+            Ok(Forked::Parent { pid, pidfd }) => {
+                drop(pidfd);
+                // The agent reports its own setup errors; EOF must come
+                // when it execs, so init lets go of the error pipe.
+                drop(errors);
+                match status {
+                    Some(status) => init::run(pid, status),
+                    None => sys::exit_now(125),
+                }
+            }
+            Ok(Forked::Child) => {
+                drop(status);
+                if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+                    fail(&errors, Stage::ParentDeathSignal, e);
+                }
+            }
+            Err(e) => fail(&errors, Stage::Init, io_errno(&e)),
+        }
+    }
+
+    // 7. Mount namespace: nothing propagates back to the host; a private,
+    //    size-limited /tmp and /dev/shm; the PID namespace's own /proc.
+    if ns.mount {
+        if let Err(e) = private_mounts(plan) {
+            fail(&errors, Stage::Mounts, e);
+        }
+        // A landlock rule does not reach a filesystem mounted over its
+        // path afterwards: add the rules on the new mounts again.
+        if let Some(ll) = plan.landlock.as_mut() {
+            let mounts = [
+                std::path::Path::new("/tmp"),
+                std::path::Path::new("/dev/shm"),
+                std::path::Path::new("/proc"),
+            ];
+            if ll.reapply_after_mounts(&mounts).is_err() {
+                fail(&errors, Stage::Landlock, Errno::EINVAL);
+            }
+        }
+    }
+
+    // 8. Network namespace: only loopback, and it must be up.
+    if ns.net {
+        if let Err(e) = sys::loopback_up() {
+            fail(&errors, Stage::Network, io_errno(&e));
+        }
+    }
+
+    // 9. UTS namespace: a hostname that reveals nothing of the host.
+    if ns.uts {
+        if let Err(e) = nix::unistd::sethostname("vallignus") {
+            fail(&errors, Stage::Hostname, e);
+        }
+    }
+
+    // 10. Signals as a fresh process expects them: nothing blocked (the
+    //     supervisor blocks the ones it reads through a signalfd), every
+    //     disposition default (SIG_IGN would survive exec).
     sys::reset_signal_dispositions();
     if let Err(e) =
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
@@ -92,20 +186,123 @@ pub fn run(argv: &[CString], fds: ChildFds) -> ! {
         fail(&errors, Stage::SignalMask, e);
     }
 
-    // 7. Nothing else the supervisor had open survives exec (the error pipe
-    //    is close-on-exec already: exec success shows up as EOF).
-    if let Err(e) = sys::cloexec_from(3) {
-        let errno = e.raw_os_error().map_or(Errno::EINVAL, Errno::from_raw);
-        fail(&errors, Stage::CloseFds, errno);
+    // 11. The user: supplementary groups, gid, then uid. The capability
+    //     bounding set is emptied first (that needs CAP_SETPCAP, which goes
+    //     with the uid), so nothing can be regained later.
+    if plan.lock_down {
+        if let Err(e) = drop_bounding_set() {
+            fail(&errors, Stage::Capabilities, e);
+        }
+    }
+    if let Some(user) = plan.run_as {
+        if let Err(e) = nix::unistd::setgroups(&[]) {
+            fail(&errors, Stage::User, e);
+        }
+        let gid = Gid::from_raw(user.gid);
+        if let Err(e) = nix::unistd::setresgid(gid, gid, gid) {
+            fail(&errors, Stage::User, e);
+        }
+        let uid = Uid::from_raw(user.uid);
+        if let Err(e) = nix::unistd::setresuid(uid, uid, uid) {
+            fail(&errors, Stage::User, e);
+        }
     }
 
-    // 8. Become the agent.
-    let Some(program) = argv.first() else {
+    // 12. No capabilities left in any set, and no way to gain privileges
+    //     through exec (setuid binaries, file capabilities).
+    if plan.lock_down {
+        if let Err(e) = clear_capabilities() {
+            fail(&errors, Stage::Capabilities, e);
+        }
+        if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+            fail(&errors, Stage::NoNewPrivs, e);
+        }
+    }
+
+    // 13. Landlock: the file rules (needs no_new_privs, set above).
+    if let Some(ll) = plan.landlock.take() {
+        if crate::isolation::landlock::restrict_self(ll).is_err() {
+            fail(&errors, Stage::Landlock, Errno::EPERM);
+        }
+    }
+
+    // 14. Nothing else the supervisor had open survives exec (the error
+    //     pipe is close-on-exec already: exec success shows up as EOF).
+    if let Err(e) = sys::cloexec_from(3) {
+        fail(&errors, Stage::CloseFds, io_errno(&e));
+    }
+
+    // 15. Seccomp, last: nothing after it but execve (and, on failure, the
+    //     write of the error report and _exit, which every profile allows).
+    if let Some(filters) = &plan.seccomp {
+        if crate::isolation::seccomp::install(filters).is_err() {
+            fail(&errors, Stage::Seccomp, Errno::EPERM);
+        }
+    }
+
+    // 16. Become the agent.
+    let Some(program) = plan.argv.first() else {
         fail(&errors, Stage::Exec, Errno::ENOENT);
     };
-    let err = match nix::unistd::execvp(program, argv) {
+    let err = match nix::unistd::execvp(program, &plan.argv) {
         Err(e) => e,
         Ok(never) => match never {},
     };
     fail(&errors, Stage::Exec, err)
+}
+
+fn private_mounts(plan: &ChildPlan) -> Result<(), Errno> {
+    let none: Option<&str> = None;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)?;
+    let size = format!("size={},mode=1777", plan.tmp_size);
+    let tmpfs_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(
+        Some("tmpfs"),
+        "/tmp",
+        Some("tmpfs"),
+        tmpfs_flags,
+        Some(size.as_str()),
+    )?;
+    if std::path::Path::new("/dev/shm").is_dir() {
+        mount(
+            Some("tmpfs"),
+            "/dev/shm",
+            Some("tmpfs"),
+            tmpfs_flags,
+            Some(size.as_str()),
+        )?;
+    }
+    if plan.namespaces.pid {
+        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(Some("proc"), "/proc", Some("proc"), flags, none)?;
+    }
+    Ok(())
+}
+
+fn caps_errno(_e: caps::errors::CapsError) -> Errno {
+    Errno::EPERM
+}
+
+fn drop_bounding_set() -> Result<(), Errno> {
+    // Without CAP_SETPCAP (not root) the bounding set cannot be changed;
+    // an unprivileged process has nothing in its permitted set to regain
+    // through it once no_new_privs is set, so that is not an error.
+    if !caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SETPCAP).unwrap_or(false)
+    {
+        return Ok(());
+    }
+    caps::clear(None, caps::CapSet::Bounding).map_err(caps_errno)
+}
+
+fn clear_capabilities() -> Result<(), Errno> {
+    // Ambient first (it may not hold what is not permitted+inheritable).
+    caps::clear(None, caps::CapSet::Ambient).map_err(caps_errno)?;
+    for set in [
+        caps::CapSet::Inheritable,
+        caps::CapSet::Effective,
+        caps::CapSet::Permitted,
+    ] {
+        caps::clear(None, set).map_err(caps_errno)?;
+    }
+    Ok(())
 }

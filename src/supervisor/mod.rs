@@ -10,12 +10,14 @@
 //! 6. fork the child straight into the cgroup; it waits for "go"
 //! 7. go: the child sets itself up and execs the agent
 //! 8. supervise until every process of the run is gone
-//! 9. teardown: remove the cgroup, write the final events and session.json
+//! 9. teardown: remove the cgroup, write the final events and session.json,
+//!    then seal the session (seal.json, signed with the auth store's key)
 
 pub mod channel;
 mod child;
 pub mod console;
 pub mod containment;
+mod init;
 pub mod journal;
 pub mod output;
 pub mod reap;
@@ -29,11 +31,11 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::WaitStatus;
 
 use crate::cgroup::{self, Cgroup, CgroupError};
 use crate::policy::RunPolicy;
 use crate::session::meta::{Enforcement, Limits, SupervisorInfo};
+use crate::session::seal::SealError;
 use crate::session::store::{SessionError, Store};
 use crate::session::{id, Event, Status};
 use console::Console;
@@ -149,7 +151,15 @@ pub fn run(command: &[String], policy: &RunPolicy) -> Result<RunReport, RunError
         kill_grace_secs: policy.kill_grace.as_secs_f64(),
     };
     let (mut record, mut journal) = if policy.record_session {
-        let (r, j) = Record::open(store.clone(), command, limits, me.clone(), started)?;
+        let (mut r, j) = Record::open(store.clone(), command, limits, me.clone(), started)?;
+        if let Some(t) = &policy.token_identity {
+            r.meta.agent_id = Some(t.agent_id.clone());
+            r.meta.owner = Some(t.owner.clone());
+            r.meta.policy_id = Some(t.policy_id.clone());
+            r.meta.policy_version = Some(t.policy_version);
+            r.meta.token_jti = Some(t.jti.clone());
+        }
+        r.meta.policy_file = policy.policy_file.as_ref().map(|p| p.display().to_string());
         (Some(r), j)
     } else {
         (None, Journal::disabled())
@@ -177,8 +187,12 @@ pub fn run(command: &[String], policy: &RunPolicy) -> Result<RunReport, RunError
                 r.meta.error = Some(e.to_string());
                 r.meta.enforcement = enforcement;
                 r.meta.vallignus_exit_code = Some(i32::from(e.exit_code()));
-                let _ = journal.finish();
-                let _ = r.finish(Status::FailedToStart);
+                let chain = journal.finish().ok().flatten();
+                let events = journal.event_count();
+                let (home, dir) = (r.home().to_path_buf(), r.dir.clone());
+                if r.finish(Status::FailedToStart).is_ok() {
+                    seal_session(&home, &dir, &session_id, chain.as_deref(), events);
+                }
             }
             Err(e)
         }
@@ -186,35 +200,40 @@ pub fn run(command: &[String], policy: &RunPolicy) -> Result<RunReport, RunError
 }
 
 fn check_enforceable(policy: &RunPolicy, enforcement: &mut EnforcementMap) -> Result<(), RunError> {
-    let mut missing = Vec::new();
-    if policy.max_requests.is_some() {
-        missing.push("--max-requests (needs the network proxy, not in this build yet)");
-        enforced(
-            enforcement,
-            "max_requests",
-            false,
-            "the network proxy is not in this build yet",
+    // Network rules without the policy proxy: the agent gets no network at
+    // all (its own network namespace, loopback only) -- the fail-closed
+    // subset of any allowlist, as when the proxy dies (DESIGN.md, principle 4).
+    if let Some(net) = &policy.network {
+        let mut what = Vec::new();
+        if !net.allow_domains.is_empty() {
+            what.push(format!("allow_domains [{}]", net.allow_domains.join(", ")));
+        }
+        if let Some(n) = net.max_requests {
+            what.push(format!("max_requests {n}"));
+        }
+        if let Some(usd) = net.max_spend_usd {
+            what.push(format!("max_spend_usd {usd}"));
+        }
+        let detail = format!(
+            "no network (loopback only): the policy proxy is not in this build, so the rules of {} ({}) are enforced as no network at all",
+            net.sources.join(", "),
+            if what.is_empty() { "default deny".to_string() } else { what.join(", ") }
         );
+        note(policy, &detail);
+        enforced(enforcement, "network", true, detail);
     }
-    if policy.token.is_some() {
-        missing.push("--token (token verification is not in this build yet)");
+    if let Some(t) = &policy.token_identity {
         enforced(
             enforcement,
             "token",
-            false,
-            "token verification is not in this build yet",
+            true,
+            format!(
+                "agent {} ({}), policy {} v{}, jti {}, key {}",
+                t.agent_id, t.owner, t.policy_id, t.policy_version, t.jti, t.kid
+            ),
         );
     }
-    if missing.is_empty() || policy.best_effort {
-        for m in &missing {
-            note(policy, &format!("not enforced (--best-effort): {m}"));
-        }
-        return Ok(());
-    }
-    Err(RunError::Unsupported(format!(
-        "cannot enforce {}; refusing to run (use --best-effort to run without it)",
-        missing.join(", ")
-    )))
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -294,15 +313,39 @@ fn run_session(
         r.save()?;
     }
 
-    // 6. Fork into the cgroup; the child waits for "go".
-    let pending = spawn::fork(command, containment.as_ref().map(Cgroup::dir_fd))?;
+    // 6. Fork into the cgroup and the namespaces; the child waits for "go".
+    let mut plan = child_plan(command, policy, enforcement)?;
+    if let Some(r) = record.as_mut() {
+        r.meta.enforcement = enforcement.clone();
+    }
+    let pending =
+        spawn::fork(&mut plan, containment.as_ref().map(Cgroup::dir_fd)).map_err(|e| match e {
+            SpawnError::Fork(err) if plan.namespaces.any() => RunError::Unsupported(format!(
+                "cannot create the namespaces {} for the agent: {err}{}",
+                plan.namespaces,
+                if plan.namespaces.user {
+                    " (are unprivileged user namespaces allowed? see `vallignus doctor`)"
+                } else {
+                    ""
+                }
+            )),
+            other => other.into(),
+        })?;
     let containment = match containment {
         Some(cg) => Containment::Cgroup(cg),
         None => Containment::ProcessGroup { pgid: pending.pid },
     };
 
+    // Parent side of the setup, while the child waits: the user
+    // namespace's uid/gid maps.
+    let parent_setup = if plan.namespaces.user {
+        spawn::write_id_maps(pending.pid)
+    } else {
+        Ok(())
+    };
+
     // 7. Go. The child reports a failed step (exit 125/126/127) or execs.
-    if let Err(e) = pending.go() {
+    if let Err(e) = parent_setup.and_then(|()| pending.go()) {
         let _ = containment.ensure_empty(Duration::from_secs(2));
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pending.pid), None);
         remove_containment(containment, policy);
@@ -359,6 +402,144 @@ fn run_session(
     Ok(report)
 }
 
+/// Build the child's plan from the policy, check that this supervisor can
+/// carry it out, and record the layers in `enforcement`.
+fn child_plan(
+    command: &[String],
+    policy: &RunPolicy,
+    enforcement: &mut EnforcementMap,
+) -> Result<child::ChildPlan, RunError> {
+    let as_root = nix::unistd::geteuid().is_root();
+    let iso = &policy.isolation;
+    let mut namespaces = iso.namespaces(as_root);
+    if policy.network.is_some() {
+        namespaces.net = true;
+        // Without root, a network namespace needs a user namespace.
+        namespaces.user |= !as_root;
+    }
+    if iso.run_as.is_some() && !as_root {
+        return Err(RunError::Unsupported(
+            "--user needs root (only root can switch the agent to another user)".into(),
+        ));
+    }
+    if iso.run_as.is_some() && namespaces.user {
+        return Err(RunError::Unsupported(
+            "--user cannot be combined with a user namespace (its single-uid map has no other user)"
+                .into(),
+        ));
+    }
+    if namespaces.any() {
+        enforced(enforcement, "namespaces", true, namespaces.to_string());
+    }
+    if namespaces.mount {
+        enforced(
+            enforcement,
+            "private_tmp",
+            true,
+            format!("tmpfs /tmp and /dev/shm, {} bytes each", iso.tmp_size),
+        );
+    }
+    if let Some(u) = iso.run_as {
+        enforced(
+            enforcement,
+            "user",
+            true,
+            format!("uid {} gid {}, no supplementary groups", u.uid, u.gid),
+        );
+    }
+    if iso.lock_down() {
+        enforced(
+            enforcement,
+            "capabilities",
+            true,
+            "all dropped (bounding set emptied), no_new_privs",
+        );
+    }
+    let landlock = if iso.landlock() {
+        Some(prepare_landlock(policy, namespaces, enforcement)?)
+    } else {
+        None
+    };
+    let profile = iso.seccomp_profile();
+    let seccomp = crate::isolation::seccomp::compile(&profile)
+        .map_err(|e| RunError::Unsupported(format!("seccomp: {e}")))?;
+    if let Some(compiled) = &seccomp {
+        enforced(
+            enforcement,
+            "seccomp",
+            true,
+            format!(
+                "profile {} ({:?}): filters {}",
+                compiled.profile(),
+                compiled.arch(),
+                compiled.filter_names().collect::<Vec<_>>().join(", ")
+            ),
+        );
+    }
+    Ok(child::ChildPlan {
+        landlock,
+        seccomp,
+        argv: spawn::to_cstrings(command)?,
+        namespaces,
+        run_as: iso.run_as,
+        lock_down: iso.lock_down() || namespaces.any(),
+        tmp_size: iso.tmp_size,
+    })
+}
+
+/// Build the landlock ruleset (before the fork) and record what it enforces.
+fn prepare_landlock(
+    policy: &RunPolicy,
+    namespaces: crate::isolation::namespaces::Namespaces,
+    enforcement: &mut EnforcementMap,
+) -> Result<crate::isolation::landlock::Prepared, RunError> {
+    use crate::isolation::landlock::{self, FsContext, FsPolicy, Requirement};
+    let ctx = FsContext::from_env().map_err(|e| RunError::Unsupported(e.to_string()))?;
+    let mut flags = policy.isolation.fs.clone();
+    if namespaces.mount && std::path::Path::new("/dev/shm").is_dir() {
+        // The agent's /dev/shm is its own tmpfs then (python's
+        // multiprocessing needs it); the host's is out of its reach.
+        flags.rw.push("/dev/shm".into());
+    }
+    let fs =
+        FsPolicy::from_flags(&flags, &ctx).map_err(|e| RunError::Unsupported(e.to_string()))?;
+    let requirement = if policy.best_effort {
+        Requirement::BestEffort
+    } else {
+        Requirement::Strict
+    };
+    let prepared = landlock::prepare(&fs, requirement)
+        .map_err(|e| RunError::Unsupported(format!("landlock: {e}")))?;
+    let r = prepared.describe();
+    let rules: Vec<String> = r
+        .rules
+        .iter()
+        .map(|rule| format!("{} {:?}", rule.path.display(), rule.access))
+        .collect();
+    let hidden: Vec<String> = r
+        .hidden
+        .iter()
+        .map(|h| h.path.display().to_string())
+        .collect();
+    let mut detail = format!(
+        "ABI {}; allowed: {}; denied: {}",
+        r.abi,
+        rules.join(", "),
+        hidden.join(", ")
+    );
+    if !r.not_enforced.is_empty() {
+        detail.push_str(&format!("; not enforced: {}", r.not_enforced.join("; ")));
+    }
+    if !r.enforced {
+        note(
+            policy,
+            &format!("not enforced (--best-effort): landlock: {detail}"),
+        );
+    }
+    enforced(enforcement, "landlock", r.enforced, detail);
+    Ok(prepared)
+}
+
 /// Make the controllers the limits need available under `base`. Returns
 /// whether the limits can be applied; with `--best-effort` a missing
 /// controller is recorded as not enforced instead of failing the run.
@@ -409,10 +590,9 @@ fn finish(
 ) -> RunReport {
     use crate::session::Stream;
     let duration = outcome.ended.duration_since(started);
-    let (child_code, child_signal) = match outcome.status {
-        Some(WaitStatus::Exited(_, code)) => (Some(i64::from(code)), None),
-        Some(WaitStatus::Signaled(_, sig, _)) => (Some(128 + sig as i64), Some(sig as i32)),
-        _ => (None, None),
+    let (child_code, child_signal) = match outcome.agent_status {
+        Some((code, signal)) => (Some(code), signal),
+        None => (None, None),
     };
     let exit_code: u8 = match (&outcome.violation, child_code) {
         (Some(v), _) => v.exit_code(),
@@ -422,9 +602,10 @@ fn finish(
     let _ = journal.emit(&Event::RunFinished {
         duration_ms: duration.as_millis() as u64,
     });
-    if let Err(e) = journal.finish() {
+    let chain = journal.finish().unwrap_or_else(|e| {
         note(policy, &format!("cannot write the last events: {e}"));
-    }
+        None
+    });
 
     let Some(mut r) = record.take() else {
         return RunReport {
@@ -453,13 +634,37 @@ fn finish(
         Status::Finished
     };
     let id = r.id().to_string();
-    if let Err(e) = r.finish(status) {
-        note(policy, &format!("cannot write session.json: {e}"));
+    let (home, dir) = (r.home().to_path_buf(), r.dir.clone());
+    match r.finish(status) {
+        Ok(()) => seal_session(&home, &dir, &id, chain.as_deref(), journal.event_count()),
+        Err(e) => note(policy, &format!("cannot write session.json: {e}")),
     }
     note(policy, &format!("session {id} (vallignus replay {id})"));
     RunReport {
         exit_code,
         session_id: Some(id),
+    }
+}
+
+/// The last act of a recorded run, after the final session.json: sign the
+/// session with the active key of `<home>/auth`, creating the first key as
+/// `vallignus auth init` would if there is none. A failure is a warning
+/// (printed even with --quiet: the session is then not verifiable), never
+/// a different exit code; a session whose chain or session.json could not
+/// be written is not sealed.
+fn seal_session(
+    home: &std::path::Path,
+    dir: &std::path::Path,
+    id: &str,
+    chain: Option<&str>,
+    events: u64,
+) {
+    let now = std::time::SystemTime::now();
+    let result = chain.ok_or(SealError::NoChain).and_then(|last| {
+        crate::session::seal::seal_with_active_key(home, dir, id, last, events, now)
+    });
+    if let Err(e) = result {
+        eprintln!("vallignus: warning: session {id} is not sealed: {e}");
     }
 }
 

@@ -73,6 +73,11 @@ impl Record {
         &self.meta.session_id
     }
 
+    /// The vallignus home of this session (whose auth store seals it).
+    pub fn home(&self) -> &std::path::Path {
+        self.store.home()
+    }
+
     pub fn save(&self) -> Result<(), SessionError> {
         save_meta(&self.dir, &self.meta)
     }

@@ -15,7 +15,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::pipe2;
 
 use super::channel::{ChildError, MESSAGE_LEN};
-use super::child::{self, ChildFds};
+use super::child::{self, ChildFds, ChildPlan};
 use crate::sys::{self, Forked};
 
 /// Bigger pipes mean fewer wake-ups per megabyte of output.
@@ -51,6 +51,8 @@ pub struct Pending {
     pub pidfd: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// PID namespace: init's report of the agent's exact wait status.
+    pub status: Option<File>,
     go: File,
     errors: File,
 }
@@ -61,9 +63,10 @@ pub struct Running {
     pub pidfd: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    pub status: Option<File>,
 }
 
-fn to_cstrings(argv: &[String]) -> Result<Vec<CString>, SpawnError> {
+pub fn to_cstrings(argv: &[String]) -> Result<Vec<CString>, SpawnError> {
     if argv.is_empty() {
         return Err(SpawnError::BadCommand("no command given".into()));
     }
@@ -79,36 +82,58 @@ fn pipe_pair() -> Result<(OwnedFd, OwnedFd), SpawnError> {
     pipe2(OFlag::O_CLOEXEC).map_err(|e| SpawnError::Pipe(e.into()))
 }
 
-/// Fork the child into `cgroup` (or plain, for best-effort runs). The
-/// process must be single-threaded (checked by [`sys::fork_into_cgroup`]).
-pub fn fork(argv: &[String], cgroup: Option<BorrowedFd<'_>>) -> Result<Pending, SpawnError> {
-    let argv = to_cstrings(argv)?;
+/// Fork the child into `cgroup` (or plain, for best-effort runs), inside
+/// the namespaces of `plan`. The process must be single-threaded (checked
+/// by [`sys::fork_into_cgroup`]).
+pub fn fork(plan: &mut ChildPlan, cgroup: Option<BorrowedFd<'_>>) -> Result<Pending, SpawnError> {
+    if plan.argv.is_empty() {
+        return Err(SpawnError::BadCommand("no command given".into()));
+    }
     let (out_r, out_w) = pipe_pair()?;
     let (err_r, err_w) = pipe_pair()?;
     let (go_r, go_w) = pipe_pair()?;
     let (msg_r, msg_w) = pipe_pair()?;
+    let status = if plan.namespaces.pid {
+        Some(pipe_pair()?)
+    } else {
+        None
+    };
     for fd in [&out_r, &err_r] {
         // Larger pipes are an optimisation only; keep the default on failure.
         let _ = fcntl(fd.as_fd(), FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
     }
     let parent_pid = nix::unistd::getpid().as_raw();
+    let ns_flags = plan.namespaces.clone_flags();
 
-    match sys::fork_into_cgroup(cgroup, 0).map_err(SpawnError::Fork)? {
-        Forked::Child => child::run(
-            &argv,
-            ChildFds {
-                parent_pid,
-                go: go_r,
-                errors: msg_w,
-                stdout: out_w,
-                stderr: err_w,
-                parent_ends: [out_r, err_r, go_w, msg_r],
-            },
-        ),
+    match sys::fork_into_cgroup(cgroup, ns_flags).map_err(SpawnError::Fork)? {
+        Forked::Child => {
+            let (status_r, status_w) = match status {
+                Some((r, w)) => (Some(r), Some(w)),
+                None => (None, None),
+            };
+            let mut parent_ends = vec![out_r, err_r, go_w, msg_r];
+            parent_ends.extend(status_r);
+            child::run(
+                plan,
+                ChildFds {
+                    parent_pid,
+                    go: go_r,
+                    errors: msg_w,
+                    stdout: out_w,
+                    stderr: err_w,
+                    status: status_w,
+                    parent_ends,
+                },
+            )
+        }
         Forked::Parent { pid, pidfd } => {
             // The child's ends are closed here when they drop, so EOF on
             // stdout/stderr means every process that inherited them is gone.
             drop((out_w, err_w, go_r, msg_w));
+            let status = status.map(|(r, w)| {
+                drop(w);
+                File::from(r)
+            });
             for fd in [&out_r, &err_r] {
                 let flags =
                     fcntl(fd.as_fd(), FcntlArg::F_GETFL).map_err(|e| SpawnError::Pipe(e.into()))?;
@@ -121,11 +146,30 @@ pub fn fork(argv: &[String], cgroup: Option<BorrowedFd<'_>>) -> Result<Pending, 
                 pidfd,
                 stdout: out_r,
                 stderr: err_r,
+                status,
                 go: File::from(go_w),
                 errors: File::from(msg_r),
             })
         }
     }
+}
+
+/// Map the user namespace of `pid`: root inside is this user outside (one
+/// uid, one gid; `setgroups` denied, as an unprivileged user must).
+pub fn write_id_maps(pid: i32) -> Result<(), SpawnError> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let gid = nix::unistd::getegid().as_raw();
+    let write = |file: &str, content: String| {
+        std::fs::write(format!("/proc/{pid}/{file}"), content).map_err(|e| {
+            SpawnError::Handshake(io::Error::new(
+                e.kind(),
+                format!("cannot write /proc/{pid}/{file} (user namespace map): {e}"),
+            ))
+        })
+    };
+    write("setgroups", "deny".into())?;
+    write("uid_map", format!("0 {uid} 1\n"))?;
+    write("gid_map", format!("0 {gid} 1\n"))
 }
 
 impl Pending {
@@ -163,6 +207,7 @@ impl Pending {
             pidfd: self.pidfd,
             stdout: self.stdout,
             stderr: self.stderr,
+            status: self.status,
         }
     }
 }

@@ -45,8 +45,8 @@ pub struct WatchConfig {
 
 /// How the run ended.
 pub struct Outcome {
-    /// The direct child's status (None if it could not be reaped).
-    pub status: Option<WaitStatus>,
+    /// The agent's (exit code in shell convention, signal), if it was reaped.
+    pub agent_status: Option<(i64, Option<i32>)>,
     pub violation: Option<Violation>,
     pub ended: Instant,
 }
@@ -70,6 +70,8 @@ struct Loop<'a> {
     phase: Phase,
     violation: Option<Violation>,
     status: Option<WaitStatus>,
+    /// The agent's (exit code, signal): the child's own, or init's report.
+    agent_status: Option<(i64, Option<i32>)>,
     recording_error: bool,
 }
 
@@ -149,14 +151,27 @@ impl Loop<'_> {
         self.phase = Phase::Draining;
     }
 
-    fn reap(&mut self, pidfd: &OwnedFd) {
+    fn reap(&mut self, pidfd: &OwnedFd, status_pipe: Option<&std::fs::File>) {
         match waitid(
             Id::PIDFd(pidfd.as_fd()),
             WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
         ) {
             Ok(WaitStatus::StillAlive) | Err(Errno::EINTR) => {}
             Ok(status) => {
-                let (exit_code, signal) = exit_code_of(&status);
+                let (mut exit_code, mut signal) = exit_code_of(&status);
+                // With a PID namespace the child is init: it reported the
+                // agent's own status before exiting.
+                if let Some(pipe) = status_pipe {
+                    let mut buf = [0u8; super::init::STATUS_LEN];
+                    if let Ok(super::init::STATUS_LEN) = std::io::Read::read(&mut &*pipe, &mut buf)
+                    {
+                        if let Some((code, sig)) = super::init::decode_status(&buf) {
+                            exit_code = code;
+                            signal = sig;
+                        }
+                    }
+                }
+                self.agent_status = Some((exit_code, signal));
                 self.status = Some(status);
                 self.emit(&Event::ProcessExited { exit_code, signal });
                 if self.phase == Phase::Running {
@@ -313,6 +328,7 @@ pub fn watch(
         pidfd,
         stdout,
         stderr,
+        status: status_file,
         ..
     } = child;
     let mut pipes: [Option<OwnedFd>; 2] = [Some(stdout), Some(stderr)];
@@ -349,6 +365,7 @@ pub fn watch(
         phase: Phase::Running,
         violation: None,
         status: None,
+        agent_status: None,
         recording_error: false,
     };
 
@@ -490,7 +507,7 @@ pub fn watch(
             lp.on_signal(signals);
         }
         if !revents[1].is_empty() && lp.status.is_none() {
-            lp.reap(&pidfd);
+            lp.reap(&pidfd, status_file.as_ref());
         }
         // cgroup.events only wakes the loop (the check is at the top), but
         // the notification must be consumed by reading the same open file,
@@ -543,7 +560,7 @@ pub fn watch(
         }
     }
     Outcome {
-        status: lp.status.filter(|s| *s != WaitStatus::StillAlive),
+        agent_status: lp.agent_status,
         violation: lp.violation,
         ended: Instant::now(),
     }

@@ -207,3 +207,64 @@ pub fn assert_none_left(marker: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Whether landlock can enforce a policy here (ABI >= the required one); prints why not.
+pub fn landlock_available(test: &str) -> bool {
+    use vallignus::isolation::landlock::{status, REQUIRED_ABI};
+    let support = status();
+    if !support.meets_requirement() {
+        skip(
+            test,
+            &format!("landlock ABI {REQUIRED_ABI}+ needed, kernel has {support:?}"),
+        );
+        return false;
+    }
+    true
+}
+
+/// Re-run this test binary with only `test` selected (`--exact`, output not captured),
+/// in `cwd` and with `envs` set, so the test runs in a fresh process. Used for steps that
+/// change the process for good (landlock, seccomp).
+pub fn reexec_test(test: &str, cwd: &Path, envs: &[(&str, &std::ffi::OsStr)]) -> Output {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .current_dir(cwd)
+        .stdin(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    output_with_timeout(&mut cmd, Duration::from_secs(60))
+}
+
+/// `sessions verify` helpers (tests/verify.rs).
+impl Home {
+    /// The id of the only session in this home.
+    pub fn only_session_id(&self) -> String {
+        self.only_session()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// `vallignus sessions verify ID --json`: exit code and parsed report.
+    pub fn verify_json(&self, id: &str) -> (i32, serde_json::Value) {
+        let o = self.run(&["sessions", "verify", id, "--json"]);
+        let v = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("verify --json printed no JSON ({e}): {}", stderr(&o)));
+        (code(&o), v)
+    }
+
+    /// The findings' messages of `sessions verify ID --json`.
+    pub fn verify_messages(&self, id: &str) -> (i32, Vec<String>) {
+        let (code, v) = self.verify_json(id);
+        let messages = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["message"].as_str().unwrap().to_string())
+            .collect();
+        (code, messages)
+    }
+}

@@ -1,0 +1,11 @@
+//! The agent's network path (see DESIGN.md, "Network path").
+//!
+//! - [`decide`]: pure policy decisions for the proxy (domain rules, ports,
+//!   address vetting, Host/SNI agreement, TLS ClientHello parsing). No I/O.
+//! - [`proxy`]: the policy proxy itself (tokio + hyper), which applies
+//!   [`decide`] to every request and tunnel and records each one.
+//!
+//! Invariant: the proxy never dials an address that [`decide`] did not vet.
+
+pub mod decide;
+pub mod proxy;

@@ -1,0 +1,1166 @@
+//! The policy proxy: an HTTP/1.1 forward proxy with CONNECT tunnels, on
+//! tokio + hyper, running in its own OS thread with its own runtime.
+//!
+//! Invariants:
+//! - The caller binds the listener ([`start`] takes a bound
+//!   [`std::net::TcpListener`]), so "cannot bind" is an error before the agent
+//!   starts, and the proxy accepts from the moment [`start`] returns.
+//! - Every request reaches the upstream only after [`decide`](super::decide)
+//!   allowed its host and port and vetted the address; the proxy resolves
+//!   names itself (tokio's `lookup_host`, or `--resolve`) and dials the vetted
+//!   IP, never the name (no DNS rebinding between check and dial).
+//! - Plain requests must be absolute-URI `http://` requests whose Host header
+//!   agrees with the URI; CONNECT must target an allowed port and (unless the
+//!   port is a raw tunnel port) start with a TLS ClientHello whose SNI is the
+//!   CONNECT host. The upstream of a tunnel is dialled only after that check.
+//! - Every request and tunnel, allowed or denied, yields exactly one
+//!   [`NetRequest`] (when its response body or tunnel ends) and bumps the
+//!   counters; refusals answer 403 (429 for the request cap, 400 for
+//!   malformed requests) with a JSON body `{"error": reason, "host": host}`.
+//!   A refused tunnel (after its 200) gets a TLS `access_denied` alert.
+//! - The request cap counts requests let through (after the domain check
+//!   and address vetting); a tunnel counts once, when it is accepted.
+//! - The notification pipe ([`ProxyHandle::notify_fd`]) is readable whenever
+//!   records may be pending; it reads end-of-file once the proxy has stopped.
+//! - Refusals and records allocate; the allowed keep-alive path reuses the
+//!   client connection's upstream connection (no DNS, no dial, no reparse).
+
+use std::convert::Infallible;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+use super::decide::{
+    check_sni, host_header_agrees, scan_client_hello, take_request_slot, vet_address, Addresses,
+    Decision, HelloScan, Kind, Policy, Reason, Verdict, MAX_CLIENT_HELLO, TLS_ALERT_ACCESS_DENIED,
+    TLS_ALERT_INTERNAL_ERROR,
+};
+use crate::policy::domain::{parse_host, DomainPattern, Host};
+
+/// Errors starting or stopping the proxy; each names the listen address.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("policy proxy: cannot read the listener's local address")]
+    LocalAddr(#[source] io::Error),
+    #[error("policy proxy on {addr}: cannot prepare the listener")]
+    Listener {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("policy proxy on {addr}: cannot start the async runtime")]
+    Runtime {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("policy proxy on {addr}: cannot create the notification pipe")]
+    NotifyPipe {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("policy proxy on {addr}: cannot start its thread")]
+    Thread {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("policy proxy on {addr}: its thread panicked")]
+    Panicked { addr: SocketAddr },
+}
+
+/// How the proxy runs. Build with [`ProxyConfig::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Rules, `--resolve` entries, CONNECT ports.
+    pub policy: Policy,
+    /// `--max-requests`: requests let through before 429.
+    pub max_requests: Option<u64>,
+    /// Resolving and connecting to an upstream (all its addresses together).
+    pub connect_timeout: Duration,
+    /// From sending a request upstream to its response head (`None`: wait;
+    /// model APIs may think for minutes before answering).
+    pub response_timeout: Option<Duration>,
+    /// For a client to send its request head, or a tunnel's ClientHello.
+    pub client_timeout: Duration,
+    /// On shutdown, how long open connections may finish before they are cut.
+    pub shutdown_grace: Duration,
+    /// Runtime worker threads; 0 runs everything on the proxy's own thread.
+    pub worker_threads: usize,
+}
+
+impl ProxyConfig {
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy,
+            max_requests: None,
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: None,
+            client_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(1),
+            worker_threads: 2,
+        }
+    }
+}
+
+/// One request or tunnel as the proxy saw it (a `net_request` event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetRequest {
+    /// `GET`, `POST`, ..., or `CONNECT`.
+    pub method: String,
+    /// The normalised host (the raw authority text when it did not parse).
+    pub host: String,
+    /// The target port (0 when the request had none that parsed).
+    pub port: u16,
+    /// The URI path without the query; `None` for CONNECT.
+    pub path: Option<String>,
+    /// The address dialled (or the first candidate when dialling failed).
+    pub resolved: Option<SocketAddr>,
+    /// The pattern that allowed or denied the host.
+    pub rule: Option<String>,
+    pub decision: Decision,
+    /// Why it was denied or failed; `None` for an allowed, completed request.
+    pub reason: Option<Reason>,
+    /// The HTTP status the client got (200 for an accepted CONNECT, even if
+    /// the tunnel was then refused for its ClientHello).
+    pub status: u16,
+    /// The ClientHello's SNI of a tunnel, when it had one.
+    pub sni: Option<String>,
+    /// Request body bytes (tunnel: client to upstream, including the hello).
+    pub bytes_up: u64,
+    /// Response body bytes (tunnel: upstream to client).
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+    pub duration_us: u64,
+}
+
+/// The proxy's counters, as read at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CounterSnapshot {
+    pub total: u64,
+    pub allowed: u64,
+    pub denied: u64,
+}
+
+/// Live counters shared with the proxy thread.
+#[derive(Debug, Default)]
+pub struct Counters {
+    total: AtomicU64,
+    allowed: AtomicU64,
+    denied: AtomicU64,
+    /// Slots of the request cap taken so far.
+    granted: AtomicU64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> CounterSnapshot {
+        CounterSnapshot {
+            total: self.total.load(Ordering::Acquire),
+            allowed: self.allowed.load(Ordering::Acquire),
+            denied: self.denied.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// A running proxy. Dropping it shuts the proxy down (see [`Self::shutdown`]).
+#[derive(Debug)]
+pub struct ProxyHandle {
+    addr: SocketAddr,
+    counters: Arc<Counters>,
+    records: mpsc::UnboundedReceiver<NetRequest>,
+    notify: std::io::PipeReader,
+    pending: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ProxyHandle {
+    /// The address the proxy listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn counters(&self) -> CounterSnapshot {
+        self.counters.snapshot()
+    }
+
+    /// Readable (for poll(2)) whenever records may be pending; then call
+    /// [`Self::drain_records`]. Reads end-of-file (POLLHUP) once the proxy
+    /// has stopped: stop polling it then. Non-blocking, close-on-exec.
+    pub fn notify_fd(&self) -> BorrowedFd<'_> {
+        self.notify.as_fd()
+    }
+
+    /// Take every record that is ready, without blocking; this also
+    /// consumes the pending notification.
+    pub fn drain_records(&mut self) -> Vec<NetRequest> {
+        // Order matters (see Notifier): empty the pipe, clear the flag,
+        // then take the records.
+        let mut sink = [0u8; 64];
+        while matches!((&self.notify).read(&mut sink), Ok(n) if n > 0) {}
+        self.pending.store(false, Ordering::SeqCst);
+        let mut out = Vec::new();
+        while let Ok(rec) = self.records.try_recv() {
+            out.push(rec);
+        }
+        out
+    }
+
+    /// Wait for the next record (for async callers; the pipe is not needed
+    /// then). `None` once the proxy has stopped and every record was taken.
+    pub async fn next_record(&mut self) -> Option<NetRequest> {
+        self.records.recv().await
+    }
+
+    /// Whether the proxy thread is still running.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Stop accepting, give open connections [`ProxyConfig::shutdown_grace`]
+    /// to finish, cut the rest (their records are still delivered), and join
+    /// the thread. Idempotent. Records stay readable afterwards.
+    pub fn shutdown(&mut self) -> Result<(), ProxyError> {
+        self.stop.send_replace(true);
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| ProxyError::Panicked { addr: self.addr }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ProxyHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// Start the proxy on a bound listener. Returns once the proxy accepts
+/// (connections queue in the listener's backlog from the moment it was bound).
+pub fn start(listener: std::net::TcpListener, cfg: ProxyConfig) -> Result<ProxyHandle, ProxyError> {
+    let addr = listener.local_addr().map_err(ProxyError::LocalAddr)?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ProxyError::Listener { addr, source })?;
+    let runtime = if cfg.worker_threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cfg.worker_threads)
+            .thread_name("vallignus-proxy-worker")
+            .enable_all()
+            .build()
+    }
+    .map_err(|source| ProxyError::Runtime { addr, source })?;
+    let listener = {
+        let _guard = runtime.enter();
+        tokio::net::TcpListener::from_std(listener)
+    }
+    .map_err(|source| ProxyError::Listener { addr, source })?;
+
+    let pipe_err = |source| ProxyError::NotifyPipe { addr, source };
+    let (notify_rx, notify_tx) = std::io::pipe().map_err(pipe_err)?;
+    set_nonblocking(&notify_rx).map_err(pipe_err)?;
+    set_nonblocking(&notify_tx).map_err(pipe_err)?;
+
+    let (tx, records) = mpsc::unbounded_channel();
+    let (stop, stop_rx) = watch::channel(false);
+    let counters = Arc::new(Counters::default());
+    let pending = Arc::new(AtomicBool::new(false));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(cfg.client_timeout)
+        .keep_alive(true);
+    let shared = Arc::new(Shared {
+        cfg,
+        http,
+        counters: Arc::clone(&counters),
+        records: tx,
+        notifier: Notifier {
+            pending: Arc::clone(&pending),
+            pipe: notify_tx,
+        },
+        active: AtomicUsize::new(0),
+        stop: stop_rx,
+    });
+    let thread = std::thread::Builder::new()
+        .name("vallignus-proxy".into())
+        .spawn(move || {
+            let grace = shared.cfg.shutdown_grace;
+            runtime.block_on(accept_loop(Arc::clone(&shared), listener, grace));
+            drop(shared);
+            runtime.shutdown_timeout(Duration::from_millis(200));
+        })
+        .map_err(|source| ProxyError::Thread { addr, source })?;
+    Ok(ProxyHandle {
+        addr,
+        counters,
+        records,
+        notify: notify_rx,
+        pending,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+fn set_nonblocking<F: AsFd>(fd: F) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = fcntl(&fd, FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
+    fcntl(&fd, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// Wakes a poll(2) loop: one byte in the pipe per "records pending" episode.
+///
+/// Protocol: a producer sends its record, then writes a byte only if it
+/// flips `pending` from false to true. The consumer empties the pipe, clears
+/// `pending`, then takes records. A record sent after the consumer's last
+/// `try_recv` was sent after the clear, so its producer (or another one
+/// after the clear) writes a byte that the consumer has not yet read.
+#[derive(Debug)]
+struct Notifier {
+    pending: Arc<AtomicBool>,
+    pipe: std::io::PipeWriter,
+}
+
+impl Notifier {
+    fn notify(&self) {
+        if !self.pending.swap(true, Ordering::SeqCst) {
+            // Non-blocking; a full pipe is readable already.
+            let _ = (&self.pipe).write(&[1]);
+        }
+    }
+}
+
+struct Shared {
+    cfg: ProxyConfig,
+    http: hyper::server::conn::http1::Builder,
+    counters: Arc<Counters>,
+    records: mpsc::UnboundedSender<NetRequest>,
+    notifier: Notifier,
+    /// Open client connections and tunnels.
+    active: AtomicUsize,
+    stop: watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn emit(&self, rec: NetRequest) {
+        let c = &self.counters;
+        match rec.decision {
+            Decision::Allow => c.allowed.fetch_add(1, Ordering::AcqRel),
+            Decision::Deny => c.denied.fetch_add(1, Ordering::AcqRel),
+        };
+        c.total.fetch_add(1, Ordering::AcqRel);
+        if self.records.send(rec).is_ok() {
+            self.notifier.notify();
+        }
+    }
+
+    fn take_slot(&self) -> bool {
+        let max = self.cfg.max_requests;
+        self.counters
+            .granted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                take_request_slot(n, max)
+            })
+            .is_ok()
+    }
+
+    /// Whether the cap is used up already (checked before resolving, so an
+    /// over-cap request costs no DNS; [`Self::take_slot`] decides).
+    fn cap_reached(&self) -> bool {
+        self.cfg
+            .max_requests
+            .is_some_and(|max| self.counters.granted.load(Ordering::Acquire) >= max)
+    }
+
+    fn active(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(Arc::clone(self))
+    }
+}
+
+struct ActiveGuard(Arc<Shared>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Resolves when shutdown was asked for (or the handle is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: tokio::net::TcpListener, grace: Duration) {
+    let stop = stopped(shared.stop.clone());
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let guard = shared.active();
+                    tokio::spawn(serve_client(guard, stream));
+                }
+                // EMFILE and friends: back off instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            },
+        }
+    }
+    drop(listener);
+    let deadline = Instant::now() + grace;
+    while shared.active.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn serve_client(guard: ActiveGuard, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let shared = Arc::clone(&guard.0);
+    let client = Arc::new(ClientConn {
+        shared: Arc::clone(&shared),
+        upstream: Mutex::new(None),
+    });
+    let service = hyper::service::service_fn(move |req| {
+        let client = Arc::clone(&client);
+        async move { Ok::<_, Infallible>(client.handle(req).await) }
+    });
+    let conn = shared
+        .http
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = stopped(shared.stop.clone()) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+    drop(guard);
+}
+
+/// An upstream HTTP connection kept for the client connection's next request.
+struct Upstream {
+    host: Host,
+    port: u16,
+    addr: SocketAddr,
+    sender: SendRequest<RequestBody>,
+}
+
+/// Per client connection state.
+struct ClientConn {
+    shared: Arc<Shared>,
+    upstream: Mutex<Option<Upstream>>,
+}
+
+/// What a record needs, gathered while the request is handled.
+struct Pending {
+    method: String,
+    host: String,
+    port: u16,
+    path: Option<String>,
+    rule: Option<String>,
+    resolved: Option<SocketAddr>,
+    sni: Option<String>,
+    started: Instant,
+}
+
+impl Pending {
+    fn finish(self, reason: Option<Reason>, status: u16, up: u64, down: u64) -> NetRequest {
+        let elapsed = self.started.elapsed();
+        NetRequest {
+            method: self.method,
+            host: self.host,
+            port: self.port,
+            path: self.path,
+            resolved: self.resolved,
+            rule: self.rule,
+            decision: reason.map_or(Decision::Allow, Reason::decision),
+            reason,
+            status,
+            sni: self.sni,
+            bytes_up: up,
+            bytes_down: down,
+            duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl ClientConn {
+    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let mut rec = Pending {
+            method: req.method().as_str().to_owned(),
+            host: String::new(),
+            port: 0,
+            path: None,
+            rule: None,
+            resolved: None,
+            sni: None,
+            started: Instant::now(),
+        };
+        if req.method() == Method::CONNECT {
+            self.connect(req, rec).await
+        } else {
+            rec.path = Some(req.uri().path().to_owned());
+            self.forward(req, rec).await
+        }
+    }
+
+    /// Answer a refusal (or failure) and record it.
+    fn refuse(&self, rec: Pending, reason: Reason) -> Response<ProxyBody> {
+        let body = serde_json::json!({ "error": reason.as_str(), "host": rec.host }).to_string();
+        let body = Bytes::from(body);
+        let len = body.len() as u64;
+        let status = reason.status();
+        let mut resp = Response::new(ProxyBody::fixed(body));
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        self.shared.emit(rec.finish(Some(reason), status, 0, len));
+        resp
+    }
+
+    async fn forward(&self, req: Request<Incoming>, mut rec: Pending) -> Response<ProxyBody> {
+        let uri = req.uri();
+        match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("http") => {}
+            Some(_) => {
+                rec.host = uri.host().unwrap_or_default().to_owned();
+                return self.refuse(rec, Reason::UnsupportedScheme);
+            }
+            None => return self.refuse(rec, Reason::BadRequest),
+        }
+        let Some(authority) = uri.authority() else {
+            return self.refuse(rec, Reason::BadRequest);
+        };
+        let port = authority.port_u16().unwrap_or(80);
+        rec.port = port;
+        let host = match parse_host(authority.host()) {
+            Ok(h) => h,
+            Err(_) => {
+                rec.host = authority.host().to_owned();
+                return self.refuse(rec, Reason::BadRequest);
+            }
+        };
+        rec.host = host.to_string();
+        if let Err(reason) = check_host_header(req.headers(), req.version(), &host, port) {
+            return self.refuse(rec, reason);
+        }
+        let addrs = match self.shared.cfg.policy.decide(Kind::Http, &host, port) {
+            Verdict::Allow { rule, addrs } => {
+                rec.rule = Some(rule.to_string());
+                addrs
+            }
+            Verdict::Deny { reason, rule } => {
+                rec.rule = rule.map(DomainPattern::to_string);
+                return self.refuse(rec, reason);
+            }
+        };
+
+        // Reuse this client's upstream connection when it goes to the same
+        // host and port (vetted when it was dialled); else resolve and dial.
+        let cached = self
+            .upstream
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take())
+            .filter(|u| u.host == host && u.port == port && !u.sender.is_closed());
+        let mut upstream = match cached {
+            Some(u) => {
+                if !self.shared.take_slot() {
+                    rec.resolved = Some(u.addr);
+                    return self.refuse(rec, Reason::MaxRequests);
+                }
+                u
+            }
+            None => {
+                if self.shared.cap_reached() {
+                    return self.refuse(rec, Reason::MaxRequests);
+                }
+                let candidates = match self.shared.candidates(&host, port, addrs).await {
+                    Ok(c) => c,
+                    Err(reason) => return self.refuse(rec, reason),
+                };
+                rec.resolved = candidates.first().copied();
+                if !self.shared.take_slot() {
+                    return self.refuse(rec, Reason::MaxRequests);
+                }
+                match self.shared.dial_http(&candidates, host, port).await {
+                    Ok(u) => u,
+                    Err(reason) => return self.refuse(rec, reason),
+                }
+            }
+        };
+        rec.resolved = Some(upstream.addr);
+        if upstream.sender.ready().await.is_err() {
+            return self.refuse(rec, Reason::UpstreamError);
+        }
+
+        let (mut parts, body) = req.into_parts();
+        parts.uri = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .map_or_else(|| Uri::from_static("/"), Uri::from);
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        let up = Arc::new(AtomicU64::new(0));
+        let body = RequestBody {
+            inner: body,
+            up: Arc::clone(&up),
+        };
+        let sent = upstream
+            .sender
+            .send_request(Request::from_parts(parts, body));
+        let response = match self.shared.cfg.response_timeout {
+            Some(limit) => match tokio::time::timeout(limit, sent).await {
+                Ok(r) => r,
+                Err(_) => return self.refuse(rec, Reason::UpstreamTimeout),
+            },
+            None => sent.await,
+        };
+        let response = match response {
+            Ok(r) => r,
+            Err(_) => return self.refuse(rec, Reason::UpstreamError),
+        };
+        if let Ok(mut slot) = self.upstream.lock() {
+            *slot = Some(upstream);
+        }
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let status = parts.status.as_u16();
+        let body = ProxyBody(BodyKind::Upstream(UpstreamBody {
+            inner: body,
+            down: 0,
+            failed: false,
+            status,
+            up,
+            record: Some(rec),
+            shared: Arc::clone(&self.shared),
+        }));
+        Response::from_parts(parts, body)
+    }
+
+    async fn connect(&self, req: Request<Incoming>, mut rec: Pending) -> Response<ProxyBody> {
+        let Some(authority) = req.uri().authority() else {
+            return self.refuse(rec, Reason::BadRequest);
+        };
+        rec.host = authority.host().to_owned();
+        let Some(port) = authority.port_u16() else {
+            return self.refuse(rec, Reason::BadRequest);
+        };
+        rec.port = port;
+        let Ok(host) = parse_host(authority.host()) else {
+            return self.refuse(rec, Reason::BadRequest);
+        };
+        rec.host = host.to_string();
+        let addrs = match self.shared.cfg.policy.decide(Kind::Connect, &host, port) {
+            Verdict::Allow { rule, addrs } => {
+                rec.rule = Some(rule.to_string());
+                addrs
+            }
+            Verdict::Deny { reason, rule } => {
+                rec.rule = rule.map(DomainPattern::to_string);
+                return self.refuse(rec, reason);
+            }
+        };
+        if self.shared.cap_reached() {
+            return self.refuse(rec, Reason::MaxRequests);
+        }
+        let candidates = match self.shared.candidates(&host, port, addrs).await {
+            Ok(c) => c,
+            Err(reason) => return self.refuse(rec, reason),
+        };
+        rec.resolved = candidates.first().copied();
+        if !self.shared.take_slot() {
+            return self.refuse(rec, Reason::MaxRequests);
+        }
+        let tunnel = Tunnel {
+            guard: self.shared.active(),
+            host,
+            port,
+            candidates,
+            rec,
+        };
+        tokio::spawn(tunnel.run(hyper::upgrade::on(req)));
+        Response::new(ProxyBody::empty())
+    }
+}
+
+/// The Host header must be present once (HTTP/1.0 may omit it) and agree
+/// with the absolute URI.
+fn check_host_header(
+    headers: &HeaderMap,
+    version: Version,
+    host: &Host,
+    port: u16,
+) -> Result<(), Reason> {
+    let mut values = headers.get_all(header::HOST).iter();
+    match (values.next(), values.next()) {
+        (None, _) if version <= Version::HTTP_10 => Ok(()),
+        (None, _) | (Some(_), Some(_)) => Err(Reason::BadRequest),
+        (Some(value), None) => match value.to_str() {
+            Ok(text) if host_header_agrees(host, port, text) => Ok(()),
+            _ => Err(Reason::HostHeaderMismatch),
+        },
+    }
+}
+
+/// Remove hop-by-hop headers (RFC 9110 7.6.1), including those the
+/// Connection header names; Upgrade is dropped (no protocol switches).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+impl Shared {
+    /// The addresses an allowed host may be dialled at, in order. `--resolve`
+    /// and IP-rule addresses are named (not vetted); looked-up ones must be
+    /// public.
+    async fn candidates(
+        &self,
+        host: &Host,
+        port: u16,
+        addrs: Addresses<'_>,
+    ) -> Result<Vec<SocketAddr>, Reason> {
+        match addrs {
+            Addresses::Named(list) => {
+                Ok(list.iter().map(|ip| SocketAddr::new(*ip, port)).collect())
+            }
+            Addresses::Literal(ip) => Ok(vec![SocketAddr::new(ip, port)]),
+            Addresses::Lookup => {
+                let Host::Name(name) = host else {
+                    return Err(Reason::BadRequest);
+                };
+                let lookup = tokio::net::lookup_host((name.as_str(), port));
+                let found: Vec<SocketAddr> =
+                    match tokio::time::timeout(self.cfg.connect_timeout, lookup).await {
+                        Ok(Ok(it)) => it.collect(),
+                        Ok(Err(_)) => return Err(Reason::ResolveFailed),
+                        Err(_) => return Err(Reason::UpstreamTimeout),
+                    };
+                if found.is_empty() {
+                    return Err(Reason::ResolveFailed);
+                }
+                let vetted: Vec<SocketAddr> = found
+                    .into_iter()
+                    .filter(|a| vet_address(a.ip(), false).is_ok())
+                    .collect();
+                if vetted.is_empty() {
+                    Err(Reason::NonPublicAddress)
+                } else {
+                    Ok(vetted)
+                }
+            }
+        }
+    }
+
+    /// Connect to the first candidate that answers, within the timeout.
+    async fn dial(&self, candidates: &[SocketAddr]) -> Result<(TcpStream, SocketAddr), Reason> {
+        let deadline = tokio::time::Instant::now() + self.cfg.connect_timeout;
+        for &addr in candidates {
+            match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok((stream, addr));
+                }
+                Ok(Err(_)) => continue,
+                Err(_) => return Err(Reason::UpstreamTimeout),
+            }
+        }
+        Err(Reason::UpstreamUnreachable)
+    }
+
+    async fn dial_http(
+        &self,
+        candidates: &[SocketAddr],
+        host: Host,
+        port: u16,
+    ) -> Result<Upstream, Reason> {
+        let (stream, addr) = self.dial(candidates).await?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| Reason::UpstreamError)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Upstream {
+            host,
+            port,
+            addr,
+            sender,
+        })
+    }
+}
+
+/// An accepted CONNECT, from the upgrade to the end of the splice.
+struct Tunnel {
+    guard: ActiveGuard,
+    host: Host,
+    port: u16,
+    candidates: Vec<SocketAddr>,
+    rec: Pending,
+}
+
+/// How a tunnel ended before or instead of the splice.
+struct TunnelEnd {
+    reason: Option<Reason>,
+    up: u64,
+    down: u64,
+}
+
+impl Tunnel {
+    async fn run(mut self, upgrade: hyper::upgrade::OnUpgrade) {
+        let end = self.splice(upgrade).await;
+        let shared = Arc::clone(&self.guard.0);
+        shared.emit(self.rec.finish(end.reason, 200, end.up, end.down));
+        drop(self.guard);
+    }
+
+    async fn splice(&mut self, upgrade: hyper::upgrade::OnUpgrade) -> TunnelEnd {
+        let refused = |reason| TunnelEnd {
+            reason: Some(reason),
+            up: 0,
+            down: 0,
+        };
+        let shared = Arc::clone(&self.guard.0);
+        let Ok(upgraded) = upgrade.await else {
+            return refused(Reason::BadRequest);
+        };
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            return refused(Reason::BadRequest);
+        };
+        let mut client = parts.io.into_inner();
+        let mut first = Vec::from(parts.read_buf.as_ref());
+
+        if shared.cfg.policy.requires_tls(self.port) {
+            let deadline = tokio::time::Instant::now() + shared.cfg.client_timeout;
+            let verdict = loop {
+                match scan_client_hello(&first) {
+                    HelloScan::Incomplete => {}
+                    HelloScan::NotTls => break Err(Reason::NotTls),
+                    HelloScan::ClientHello { sni } => {
+                        self.rec.sni = sni.map(|s| String::from_utf8_lossy(s).into_owned());
+                        break check_sni(&self.host, sni);
+                    }
+                }
+                let want = MAX_CLIENT_HELLO.saturating_sub(first.len()).clamp(1, 4096);
+                let mut chunk = [0u8; 4096];
+                let chunk = chunk.get_mut(..want).unwrap_or_default();
+                match tokio::time::timeout_at(deadline, client.read(chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break Err(Reason::NotTls),
+                    Ok(Ok(n)) => first.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                    Err(_) => break Err(Reason::ClientTimeout),
+                }
+            };
+            if let Err(reason) = verdict {
+                if reason != Reason::NotTls && reason != Reason::ClientTimeout {
+                    let _ = client.write_all(&TLS_ALERT_ACCESS_DENIED).await;
+                }
+                let _ = client.shutdown().await;
+                return TunnelEnd {
+                    reason: Some(reason),
+                    up: first.len() as u64,
+                    down: 0,
+                };
+            }
+        }
+
+        let (mut upstream, addr) = match shared.dial(&self.candidates).await {
+            Ok(d) => d,
+            Err(reason) => {
+                let _ = client.write_all(&TLS_ALERT_INTERNAL_ERROR).await;
+                let _ = client.shutdown().await;
+                return TunnelEnd {
+                    reason: Some(reason),
+                    up: first.len() as u64,
+                    down: 0,
+                };
+            }
+        };
+        self.rec.resolved = Some(addr);
+        if upstream.write_all(&first).await.is_err() {
+            return TunnelEnd {
+                reason: Some(Reason::UpstreamError),
+                up: first.len() as u64,
+                down: 0,
+            };
+        }
+        let mut counted = Counted {
+            io: client,
+            up: first.len() as u64,
+            down: 0,
+        };
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional_with_sizes(&mut counted, &mut upstream, 64 * 1024, 64 * 1024) => {}
+            () = stopped(shared.stop.clone()) => {}
+        }
+        TunnelEnd {
+            reason: None,
+            up: counted.up,
+            down: counted.down,
+        }
+    }
+}
+
+/// The client side of a tunnel, counting bytes read (up) and written (down).
+struct Counted {
+    io: TcpStream,
+    up: u64,
+    down: u64,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            this.up += (buf.filled().len() - before) as u64;
+        }
+        res
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            this.down += n as u64;
+        }
+        res
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A request body on its way upstream, counting its bytes.
+struct RequestBody {
+    inner: Incoming,
+    up: Arc<AtomicU64>,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let res = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &res {
+            if let Some(data) = frame.data_ref() {
+                this.up.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The body of every response the proxy sends.
+struct ProxyBody(BodyKind);
+
+enum BodyKind {
+    Fixed(Option<Bytes>),
+    Upstream(UpstreamBody),
+}
+
+impl ProxyBody {
+    fn fixed(bytes: Bytes) -> Self {
+        ProxyBody(BodyKind::Fixed(Some(bytes)))
+    }
+
+    fn empty() -> Self {
+        ProxyBody(BodyKind::Fixed(None))
+    }
+}
+
+/// An upstream response body on its way to the client; emits the request's
+/// record when it is dropped (finished, failed or abandoned).
+struct UpstreamBody {
+    inner: Incoming,
+    down: u64,
+    failed: bool,
+    status: u16,
+    up: Arc<AtomicU64>,
+    record: Option<Pending>,
+    shared: Arc<Shared>,
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some(rec) = self.record.take() {
+            let reason = self.failed.then_some(Reason::UpstreamError);
+            let up = self.up.load(Ordering::Relaxed);
+            self.shared
+                .emit(rec.finish(reason, self.status, up, self.down));
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().0 {
+            BodyKind::Fixed(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            BodyKind::Upstream(u) => {
+                let res = Pin::new(&mut u.inner).poll_frame(cx);
+                match &res {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            u.down += data.len() as u64;
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => u.failed = true,
+                    _ => {}
+                }
+                res
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            BodyKind::Fixed(bytes) => bytes.is_none(),
+            BodyKind::Upstream(u) => u.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            BodyKind::Fixed(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            BodyKind::Fixed(None) => SizeHint::with_exact(0),
+            BodyKind::Upstream(u) => u.inner.size_hint(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(
+            header::PROXY_AUTHORIZATION,
+            HeaderValue::from_static("Basic x"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn host_header_rules() {
+        let host = parse_host("a.test").unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(check_host_header(&h, Version::HTTP_10, &host, 80), Ok(()));
+        assert_eq!(
+            check_host_header(&h, Version::HTTP_11, &host, 80),
+            Err(Reason::BadRequest)
+        );
+        h.insert(header::HOST, HeaderValue::from_static("a.test"));
+        assert_eq!(check_host_header(&h, Version::HTTP_11, &host, 80), Ok(()));
+        assert_eq!(
+            check_host_header(&h, Version::HTTP_11, &host, 8080),
+            Err(Reason::HostHeaderMismatch)
+        );
+        h.append(header::HOST, HeaderValue::from_static("a.test"));
+        assert_eq!(
+            check_host_header(&h, Version::HTTP_11, &host, 80),
+            Err(Reason::BadRequest)
+        );
+    }
+}

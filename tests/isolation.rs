@@ -1,0 +1,285 @@
+//! Namespaces, the init of the PID namespace, the user drop, capabilities
+//! and no_new_privs, proven by what the agent can see and do. Root-only
+//! (tier 2); skipped with the reason elsewhere.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+
+fn ready(test: &str) -> bool {
+    cgroups_available(test)
+}
+
+#[test]
+fn standard_isolation_hides_the_host() {
+    if !ready("standard_isolation_hides_the_host") {
+        return;
+    }
+    let h = Home::new();
+    let marker = format!("vallignus-tmp-probe-{}", std::process::id());
+    let script = format!(
+        "echo pid=$$; ls /proc | grep -c '^[0-9]'; hostname; touch /tmp/{marker}; \
+         grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status"
+    );
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--isolation",
+        "standard",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0], "pid=2",
+        "the agent is pid 2 under vallignus's init: {out}"
+    );
+    let procs: u32 = lines[1].parse().unwrap();
+    assert!(procs <= 5, "the agent sees host processes: {procs}");
+    assert_eq!(lines[2], "vallignus");
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    assert!(out.contains("CapBnd:\t0000000000000000"), "{out}");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(
+        !std::path::Path::new("/tmp").join(&marker).exists(),
+        "the agent's /tmp is the host's"
+    );
+    let s = h.session_json();
+    assert_eq!(
+        s["enforcement"]["namespaces"]["detail"],
+        "pid,mount,ipc,uts"
+    );
+    assert_eq!(s["enforcement"]["capabilities"]["enforced"], true);
+}
+
+#[test]
+fn nobody_cannot_read_root_files_and_strict_has_no_network() {
+    if !ready("nobody_cannot_read_root_files_and_strict_has_no_network") {
+        return;
+    }
+    // A listener on the host's loopback must be unreachable from the agent.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Outside /tmp: the agent's /tmp is a private tmpfs.
+    let secret = tempfile::NamedTempFile::new_in("/var/tmp").unwrap();
+    std::fs::write(secret.path(), "top secret").unwrap();
+    std::fs::set_permissions(
+        secret.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let h = Home::new();
+    let script = format!(
+        "id -u; cat {} 2>&1; python3 -c \"
+import socket
+s = socket.socket()
+s.settimeout(2)
+try:
+    s.connect(('127.0.0.1', {port}))
+    print('connected')
+except OSError as e:
+    print('refused', e.errno)
+\"",
+        secret.path().display()
+    );
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--isolation",
+        "strict",
+        "--user",
+        "nobody",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("65534\n"), "{out}");
+    assert!(out.contains("Permission denied"), "{out}");
+    assert!(!out.contains("top secret"), "{out}");
+    assert!(out.contains("refused"), "{out}");
+    assert!(!out.contains("connected"), "{out}");
+    let s = h.session_json();
+    assert_eq!(s["enforcement"]["user"]["enforced"], true);
+    assert!(s["enforcement"]["namespaces"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("net"));
+}
+
+#[test]
+fn init_forwards_sigterm_and_reports_the_agents_status() {
+    if !ready("init_forwards_sigterm_and_reports_the_agents_status") {
+        return;
+    }
+    let m = marker();
+    let _guard = KillOnDrop(m.clone());
+    let h = Home::new();
+    // The agent handles SIGTERM itself: it must get it through init (or
+    // the cgroup sweep) and its own exit status must reach the session.
+    let script = format!("trap 'exit 5' TERM; sleep {m} & echo ready; echo over; wait");
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--isolation",
+        "standard",
+        "--max-output-lines",
+        "1",
+        "--kill-grace",
+        "5",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(code(&o), 124, "{}", stderr(&o));
+    assert_none_left(&m);
+    let exited = h
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "process_exited")
+        .unwrap();
+    assert_eq!(exited["exit_code"], 5, "{exited}");
+
+    let h = Home::new();
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--isolation",
+        "standard",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(code(&o), 3);
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--isolation",
+        "standard",
+        "--",
+        "sh",
+        "-c",
+        "kill -9 $$",
+    ]);
+    assert_eq!(code(&o), 137);
+    let listing: serde_json::Value =
+        serde_json::from_slice(&h.run(&["sessions", "list", "--json"]).stdout).unwrap();
+    let killed = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["exit_code"] == 137)
+        .unwrap();
+    assert_eq!(killed["exit_signal"], 9, "init reports the agent's signal");
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--isolation",
+        "standard",
+        "--",
+        "/no/such/agent",
+    ]);
+    assert_eq!(code(&o), 127, "{}", stderr(&o));
+}
+
+#[test]
+fn sigterm_handler_runs_at_teardown_in_a_pid_namespace() {
+    if !ready("sigterm_handler_runs_at_teardown_in_a_pid_namespace") {
+        return;
+    }
+    let h = Home::new();
+    let script = "trap 'echo got TERM; exit 5' TERM; echo ready; while :; do sleep 0.05; done";
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--isolation",
+        "standard",
+        "--max-runtime",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(code(&o), 124);
+    assert!(stdout(&o).contains("got TERM"), "{}", stdout(&o));
+    let events = h.events();
+    let exited = events
+        .iter()
+        .find(|e| e["type"] == "process_exited")
+        .unwrap();
+    assert_eq!(exited["exit_code"], 5);
+}
+
+#[test]
+fn bad_isolation_flags_fail_closed() {
+    let h = Home::new();
+    for (args, needle) in [
+        (vec!["--isolation", "max"], "--isolation"),
+        (vec!["--unshare", "pid,cgroup"], "--unshare"),
+        (vec!["--user", "no-such-user-xyz"], "--user"),
+        (vec!["--user", "root"], "--user"),
+    ] {
+        let mut full = vec!["run"];
+        full.extend(args.iter());
+        full.extend(["--", "true"]);
+        let o = h.run(&full);
+        assert_eq!(code(&o), 125, "{args:?}");
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+}
+
+#[test]
+fn default_seccomp_profile_is_applied_in_standard_isolation() {
+    if !ready("default_seccomp_profile_is_applied_in_standard_isolation") {
+        return;
+    }
+    let h = Home::new();
+    let script = "grep -E '^Seccomp:' /proc/self/status; unshare -U true 2>&1; echo unshare=$?; \
+                  python3 -c 'import ctypes,os; l=ctypes.CDLL(None,use_errno=True); \
+print(\"ptrace\", l.ptrace(0,0,0,0), os.strerror(ctypes.get_errno()))'";
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--isolation",
+        "standard",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("Seccomp:\t2"), "no filter in force: {out}");
+    assert!(out.contains("unshare=1"), "{out}");
+    assert!(out.contains("ptrace -1 Operation not permitted"), "{out}");
+    let s = h.session_json();
+    assert!(s["enforcement"]["seccomp"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("profile default"));
+    // --seccomp none turns it off even with isolation.
+    let h = Home::new();
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--isolation",
+        "standard",
+        "--seccomp",
+        "none",
+        "--",
+        "grep",
+        "Seccomp:",
+        "/proc/self/status",
+    ]);
+    assert_eq!(stdout(&o), "Seccomp:\t0\n");
+}

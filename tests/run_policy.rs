@@ -1,0 +1,206 @@
+//! `run` with a policy file and a token: precedence (defaults < file <
+//! flags), narrowing by the token, what the session records, and that the
+//! agent cannot read the auth store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+
+fn policy_file(h: &Home, yaml: &str) -> String {
+    let p = h.path().join("vallignus.policy.yaml");
+    std::fs::write(&p, yaml).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+#[test]
+fn policy_file_caps_and_flags_override_them() {
+    if !cgroups_available("policy_file_caps_and_flags_override_them") {
+        return;
+    }
+    let h = Home::new();
+    let pf = policy_file(&h, "constraints:\n  max_output_lines: 3\n");
+    let o = h.run(&["run", "-q", "--policy", &pf, "--", "seq", "1", "10"]);
+    assert_eq!(code(&o), 124, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "1\n2\n3\n");
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--policy",
+        &pf,
+        "--max-output-lines",
+        "5",
+        "--",
+        "seq",
+        "1",
+        "10",
+    ]);
+    assert_eq!(code(&o), 124);
+    assert_eq!(stdout(&o).lines().count(), 5);
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--policy",
+        &pf,
+        "--max-output-lines",
+        "0",
+        "--",
+        "seq",
+        "1",
+        "10",
+    ]);
+    assert_eq!(code(&o), 0, "a flag of 0 turns the file's cap off");
+    assert_eq!(stdout(&o).lines().count(), 10);
+}
+
+#[test]
+fn policy_file_level_and_errors() {
+    if !cgroups_available("policy_file_level_and_errors") {
+        return;
+    }
+    let h = Home::new();
+    let pf = policy_file(&h, "security_context:\n  level: standard\n");
+    let o = h.run(&["run", "-q", "--policy", &pf, "--", "sh", "-c", "echo $$"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "2\n",
+        "standard level: the agent is pid 2 under init"
+    );
+    let s = h.session_json();
+    assert_eq!(s["policy_file"], pf.as_str());
+    assert!(s["enforcement"]["namespaces"]["enforced"] == true);
+
+    let bad = policy_file(&h, "constraints:\n  max_output_lines: lots\n");
+    let o = h.run(&["run", "--policy", &bad, "--", "sh", "-c", "echo ran"]);
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("line 2"), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("ran"));
+    let o = h.run(&["run", "--policy", "/nonexistent/policy.yaml", "--", "true"]);
+    assert_eq!(code(&o), 125);
+    assert!(
+        stderr(&o).contains("/nonexistent/policy.yaml"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+fn issue_token(h: &Home, max_runtime: &str) -> String {
+    for args in [
+        vec!["auth", "init"],
+        vec![
+            "auth",
+            "create-agent",
+            "--agent-id",
+            "bot",
+            "--owner",
+            "alice",
+        ],
+        vec![
+            "auth",
+            "create-policy",
+            "--policy-id",
+            "p1",
+            "--allowed-domains",
+            "api.example.com",
+            "--max-runtime",
+            max_runtime,
+            "--max-output-lines",
+            "100",
+        ],
+    ] {
+        let o = h.run(&args);
+        assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
+    }
+    let o = h.run(&[
+        "auth",
+        "issue-token",
+        "--agent-id",
+        "bot",
+        "--policy-id",
+        "p1",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    stdout(&o).trim().to_string()
+}
+
+#[test]
+fn token_narrows_and_is_recorded() {
+    if !cgroups_available("token_narrows_and_is_recorded") {
+        return;
+    }
+    let h = Home::new();
+    let token = issue_token(&h, "1");
+    // The flag asks for 10 s; the token's policy allows 1 s: 1 s wins.
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--token",
+        &token,
+        "--max-runtime",
+        "10",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(code(&o), 124, "{}", stderr(&o));
+    let listing: serde_json::Value =
+        serde_json::from_slice(&h.run(&["sessions", "list", "--json"]).stdout).unwrap();
+    let s = &listing[0];
+    assert_eq!(s["termination_reason"], "max_runtime");
+    assert_eq!(s["termination_limit_value"], 1);
+    assert_eq!(s["agent_id"], "bot");
+    assert_eq!(s["owner"], "alice");
+    assert_eq!(s["policy_id"], "p1");
+    assert_eq!(s["policy_version"], 1);
+    assert!(s["token_jti"].as_str().is_some());
+    assert!(s["enforcement"]["network"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("api.example.com"));
+
+    // A tighter flag stays tighter.
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--token",
+        &token,
+        "--max-runtime",
+        "0.3",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(code(&o), 124);
+
+    // Revoked: refused before anything runs.
+    let jti = s["token_jti"].as_str().unwrap().to_string();
+    assert_eq!(code(&h.run(&["auth", "revoke-token", "--jti", &jti])), 0);
+    let o = h.run(&["run", "--token", &token, "--", "sh", "-c", "echo ran"]);
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("revoked"), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("ran"));
+}
+
+#[test]
+fn agent_cannot_read_the_auth_store() {
+    if !cgroups_available("agent_cannot_read_the_auth_store") {
+        return;
+    }
+    let h = Home::new();
+    let _ = issue_token(&h, "60");
+    let keys = h.path().join("auth").join("keys");
+    let script = format!("ls {0} 2>&1; cat {0}/*.key 2>&1; echo done", keys.display());
+    let o = h.run(&["run", "-q", "--user", "nobody", "--", "sh", "-c", &script]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("Permission denied"), "{out}");
+    assert!(out.ends_with("done\n"), "{out}");
+    // No key material leaked: every key file's content is absent.
+    for e in std::fs::read_dir(&keys).unwrap() {
+        let content = std::fs::read_to_string(e.unwrap().path()).unwrap_or_default();
+        if content.len() > 16 {
+            assert!(!out.contains(content.trim()), "key content leaked");
+        }
+    }
+}
