@@ -89,6 +89,25 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
 
+    /// Network: none (loopback only), proxy (only the policy proxy; default when any network
+    /// rule is given) or host (unfiltered, recorded).
+    #[arg(long, value_name = "MODE", value_parser = crate::policy::NetMode::parse)]
+    net: Option<crate::policy::NetMode>,
+
+    /// Allow requests to this domain through the proxy (`example.com` exact,
+    /// `*.example.com` subdomains only). Repeatable.
+    #[arg(long, value_name = "DOMAIN")]
+    allow_domain: Vec<String>,
+
+    /// Deny this domain (deny wins over allow). Repeatable.
+    #[arg(long, value_name = "DOMAIN")]
+    deny_domain: Vec<String>,
+
+    /// Map HOST:PORT to ADDR for the proxy, as curl's --resolve (an address given this way
+    /// counts as named by a rule). Repeatable.
+    #[arg(long, value_name = "HOST:PORT:ADDR", value_parser = parse_resolve)]
+    resolve: Vec<String>,
+
     /// Cap on HTTP requests through the policy proxy (0 = no cap).
     #[arg(long, value_name = "N", value_parser = parse_count)]
     max_requests: Option<u64>,
@@ -135,6 +154,12 @@ pub struct RunArgs {
         value_name = "CMD"
     )]
     command: Vec<String>,
+}
+
+fn parse_resolve(s: &str) -> Result<String, String> {
+    s.parse::<crate::net::decide::ResolveOverride>()
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_cpus(s: &str) -> Result<(u64, u64), String> {
@@ -306,9 +331,37 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
     if let Some(n) = p.max_requests {
         let rules = p.network.get_or_insert_with(Default::default);
         rules.max_requests = Some(n);
-        if rules.sources.is_empty() {
-            rules.sources.push("--max-requests".into());
+        rules.sources.push("--max-requests".into());
+    }
+    if !args.allow_domain.is_empty() || !args.deny_domain.is_empty() || !args.resolve.is_empty() {
+        let rules = p.network.get_or_insert_with(Default::default);
+        rules
+            .allow_domains
+            .extend(args.allow_domain.iter().cloned());
+        rules.deny_domains.extend(args.deny_domain.iter().cloned());
+        rules.resolve.extend(args.resolve.iter().cloned());
+        rules
+            .sources
+            .push("--allow-domain/--deny-domain/--resolve".into());
+    }
+    // The mode: --net, else the proxy when there are rules, else no network
+    // at the strict level, else the host's network.
+    match args.net {
+        Some(mode) => p.network.get_or_insert_with(Default::default).mode = mode,
+        None if p.network.is_some() => {}
+        None if p.isolation.level == Level::Strict => {
+            p.network = Some(crate::policy::NetworkRequest {
+                mode: crate::policy::NetMode::None,
+                sources: vec!["--isolation strict".into()],
+                ..Default::default()
+            })
         }
+        None => {}
+    }
+    if let Some(net) = &p.network {
+        // Validate the rules now: a bad pattern is a flag error (exit 125).
+        crate::net::decide::Rules::parse(&net.allow_domains, &net.deny_domains)
+            .map_err(|e| format!("network rules: {e}"))?;
     }
     Ok(p)
 }

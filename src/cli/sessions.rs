@@ -242,6 +242,17 @@ fn describe(ev: &RecordedEvent) -> String {
             f("limit_value"),
             f("observed_value")
         ),
+        "net_request" => format!(
+            "net_request {} {}:{} {} {}{}",
+            ev.field("method").and_then(|v| v.as_str()).unwrap_or("?"),
+            ev.field("host").and_then(|v| v.as_str()).unwrap_or("?"),
+            f("port"),
+            ev.field("decision").and_then(|v| v.as_str()).unwrap_or("?"),
+            f("status"),
+            ev.field("reason")
+                .and_then(|v| v.as_str())
+                .map_or(String::new(), |r| format!(" ({r})"))
+        ),
         "teardown" => format!(
             "teardown {}",
             ev.field("action").and_then(|v| v.as_str()).unwrap_or("?")

@@ -8,4 +8,5 @@
 //! Invariant: the proxy never dials an address that [`decide`] did not vet.
 
 pub mod decide;
+pub mod netns;
 pub mod proxy;

@@ -23,10 +23,8 @@ pub struct RunPolicy {
     pub cgroup: crate::cgroup::Limits,
     /// Namespaces, user, private mounts.
     pub isolation: Isolation,
-    /// Network rules asked for (policy file, token, --max-requests). This
-    /// build has no policy proxy, so a run with rules gets no network at
-    /// all (a network namespace with only loopback): the fail-closed
-    /// subset of any allowlist.
+    /// Network rules asked for (--net, --allow-domain, policy file, token,
+    /// --max-requests): `None` leaves the network alone (no rules at all).
     pub network: Option<NetworkRequest>,
     /// The token's identity, once verified (recorded in the session).
     pub token_identity: Option<TokenIdentity>,
@@ -64,9 +62,36 @@ impl Default for RunPolicy {
     }
 }
 
+/// How the agent reaches the network (`--net`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NetMode {
+    /// Its own network namespace with only loopback.
+    None,
+    /// Its own network namespace whose only way out is a veth to the
+    /// policy proxy (needs root).
+    #[default]
+    Proxy,
+    /// The host's network, unfiltered (explicit opt-in, recorded).
+    Host,
+}
+
+impl NetMode {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(NetMode::None),
+            "proxy" => Ok(NetMode::Proxy),
+            "host" => Ok(NetMode::Host),
+            _ => Err(format!("invalid --net {s:?}: expected none, proxy or host")),
+        }
+    }
+}
+
 /// The network rules a run was asked to enforce.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NetworkRequest {
+    pub mode: NetMode,
+    /// `--resolve HOST:PORT:ADDR` entries (curl's syntax), validated.
+    pub resolve: Vec<String>,
     pub allow_domains: Vec<String>,
     pub deny_domains: Vec<String>,
     pub max_requests: Option<u64>,

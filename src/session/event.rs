@@ -79,6 +79,11 @@ pub enum Event {
         count: u64,
         counters: std::collections::BTreeMap<String, u64>,
     },
+    /// One request or tunnel through the policy proxy, allowed or denied.
+    NetRequest(crate::net::proxy::NetRequest),
+    /// The policy proxy stopped while the run went on: the agent has no
+    /// network from then on (its only route led to the proxy).
+    ProxyStopped {},
     ProcessExited {
         exit_code: i64,
         #[serde(skip_serializing_if = "Option::is_none")]

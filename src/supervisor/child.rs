@@ -34,6 +34,8 @@ pub struct ChildPlan {
     pub tmp_size: u64,
     /// The landlock ruleset, built in the supervisor; applied last but seccomp.
     pub landlock: Option<crate::isolation::landlock::Prepared>,
+    /// How the agent reaches the network (`None`: the network is left alone).
+    pub network_mode: Option<crate::policy::NetMode>,
     /// The seccomp filters, compiled in the supervisor; installed last.
     pub seccomp: Option<crate::isolation::seccomp::CompiledProfile>,
 }
@@ -91,13 +93,13 @@ pub fn run(plan: &mut ChildPlan, fds: ChildFds) -> ! {
     }
 
     // 3. Wait for "go": the supervisor finishes its side of the setup first
-    //    (uid/gid maps of the user namespace).
-    let mut byte = [0u8; 1];
-    match nix::unistd::read(&go, &mut byte) {
-        Ok(1) => {}
-        Ok(_) => sys::exit_now(125),
+    //    (uid/gid maps of the user namespace, the network and its proxy),
+    //    and sends the environment additions that setup produced.
+    let extra_env = match read_go(&go) {
+        Ok(Some(env)) => env,
+        Ok(None) => sys::exit_now(125),
         Err(e) => fail(&errors, Stage::WaitForGo, e),
-    }
+    };
     drop(go);
 
     // 4. A new session: no controlling terminal (no TIOCSTI into the
@@ -244,11 +246,68 @@ pub fn run(plan: &mut ChildPlan, fds: ChildFds) -> ! {
     let Some(program) = plan.argv.first() else {
         fail(&errors, Stage::Exec, Errno::ENOENT);
     };
-    let err = match nix::unistd::execvp(program, &plan.argv) {
+    let result = if extra_env.is_empty() {
+        nix::unistd::execvp(program, &plan.argv)
+    } else {
+        nix::unistd::execvpe(program, &plan.argv, &environment_with(&extra_env))
+    };
+    let err = match result {
         Err(e) => e,
         Ok(never) => match never {},
     };
     fail(&errors, Stage::Exec, err)
+}
+
+/// Read the "go" message: `None` when the supervisor went away first.
+fn read_go(go: &OwnedFd) -> Result<Option<Vec<CString>>, Errno> {
+    let mut len = [0u8; 4];
+    if !read_exact(go, &mut len)? {
+        return Ok(None);
+    }
+    let mut payload = vec![0u8; u32::from_le_bytes(len) as usize];
+    if !read_exact(go, &mut payload)? {
+        return Ok(None);
+    }
+    Ok(Some(
+        payload
+            .split(|&b| b == 0)
+            .filter(|e| !e.is_empty())
+            .filter_map(|e| CString::new(e).ok())
+            .collect(),
+    ))
+}
+
+/// Fill `buf`; false on EOF first.
+fn read_exact(fd: &OwnedFd, buf: &mut [u8]) -> Result<bool, Errno> {
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(fd, &mut buf[got..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// This process's environment with `extra` (`KEY=VALUE`) added, replacing
+/// variables of the same name.
+fn environment_with(extra: &[CString]) -> Vec<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    let key = |entry: &[u8]| entry.split(|&b| b == b'=').next().map(<[u8]>::to_vec);
+    let replaced: Vec<Vec<u8>> = extra.iter().filter_map(|e| key(e.as_bytes())).collect();
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| !replaced.iter().any(|r| r.as_slice() == k.as_bytes()))
+        .filter_map(|(k, v)| {
+            let mut entry = k.as_bytes().to_vec();
+            entry.push(b'=');
+            entry.extend_from_slice(v.as_bytes());
+            CString::new(entry).ok()
+        })
+        .collect();
+    env.extend(extra.iter().cloned());
+    env
 }
 
 fn private_mounts(plan: &ChildPlan) -> Result<(), Errno> {

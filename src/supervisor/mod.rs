@@ -33,7 +33,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::cgroup::{self, Cgroup, CgroupError};
-use crate::policy::RunPolicy;
+use crate::policy::{NetMode, RunPolicy};
 use crate::session::meta::{Enforcement, Limits, SupervisorInfo};
 use crate::session::seal::SealError;
 use crate::session::store::{SessionError, Store};
@@ -200,28 +200,6 @@ pub fn run(command: &[String], policy: &RunPolicy) -> Result<RunReport, RunError
 }
 
 fn check_enforceable(policy: &RunPolicy, enforcement: &mut EnforcementMap) -> Result<(), RunError> {
-    // Network rules without the policy proxy: the agent gets no network at
-    // all (its own network namespace, loopback only) -- the fail-closed
-    // subset of any allowlist, as when the proxy dies (DESIGN.md, principle 4).
-    if let Some(net) = &policy.network {
-        let mut what = Vec::new();
-        if !net.allow_domains.is_empty() {
-            what.push(format!("allow_domains [{}]", net.allow_domains.join(", ")));
-        }
-        if let Some(n) = net.max_requests {
-            what.push(format!("max_requests {n}"));
-        }
-        if let Some(usd) = net.max_spend_usd {
-            what.push(format!("max_spend_usd {usd}"));
-        }
-        let detail = format!(
-            "no network (loopback only): the policy proxy is not in this build, so the rules of {} ({}) are enforced as no network at all",
-            net.sources.join(", "),
-            if what.is_empty() { "default deny".to_string() } else { what.join(", ") }
-        );
-        note(policy, &detail);
-        enforced(enforcement, "network", true, detail);
-    }
     if let Some(t) = &policy.token_identity {
         enforced(
             enforcement,
@@ -337,20 +315,37 @@ fn run_session(
     };
 
     // Parent side of the setup, while the child waits: the user
-    // namespace's uid/gid maps.
+    // namespace's uid/gid maps; the veth to the policy proxy, its nft
+    // rules, and the proxy itself, listening before the agent starts.
     let parent_setup = if plan.namespaces.user {
-        spawn::write_id_maps(pending.pid)
+        spawn::write_id_maps(pending.pid).map_err(RunError::from)
     } else {
         Ok(())
     };
+    let network = parent_setup.and_then(|()| match &policy.network {
+        Some(req) if plan.network_mode == Some(NetMode::Proxy) => {
+            start_network(session_id, &pending, req, policy, enforcement).map(Some)
+        }
+        _ => Ok(None),
+    });
+    if let Some(r) = record.as_mut() {
+        r.meta.enforcement = enforcement.clone();
+    }
 
     // 7. Go. The child reports a failed step (exit 125/126/127) or execs.
-    if let Err(e) = parent_setup.and_then(|()| pending.go()) {
-        let _ = containment.ensure_empty(Duration::from_secs(2));
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pending.pid), None);
-        remove_containment(containment, policy);
-        return Err(e.into());
-    }
+    let started_ok = network.and_then(|net| {
+        let env = net.as_ref().map(|n| n.env.clone()).unwrap_or_default();
+        pending.go(&env).map(|()| net).map_err(RunError::from)
+    });
+    let mut network = match started_ok {
+        Ok(net) => net,
+        Err(e) => {
+            let _ = containment.ensure_empty(Duration::from_secs(2));
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pending.pid), None);
+            remove_containment(containment, policy);
+            return Err(e);
+        }
+    };
     let child = pending.into_running();
     let _ = journal.emit(&Event::ProcessStarted { pid: child.pid });
 
@@ -374,8 +369,10 @@ fn run_session(
         &mut recorder,
         &mut console,
         signals,
+        network.as_mut().map(|n| &mut n.proxy),
         &WatchConfig {
             started,
+            max_requests: policy.max_requests,
             max_runtime: policy.max_runtime,
             memory_max: policy.cgroup.memory_max,
             pids_max: policy.cgroup.pids_max.is_some(),
@@ -397,9 +394,110 @@ fn run_session(
         Containment::ProcessGroup { .. } => None,
     };
     remove_containment(containment, policy);
+    if let Some(net) = network {
+        stop_network(net, journal, record, policy);
+    }
 
     let report = finish(policy, record, journal, &recorder, &outcome, stats, started);
     Ok(report)
+}
+
+/// The run's network while it runs: the veth and nft tables, the proxy,
+/// and what the agent's environment needs to find it.
+struct Network {
+    handle: crate::net::netns::NetHandle,
+    proxy: crate::net::proxy::ProxyHandle,
+    env: Vec<(String, String)>,
+}
+
+/// Build the agent's only way out (DESIGN.md "Network path"): a veth pair
+/// into its namespace with nft rules that allow nothing but the proxy, and
+/// the proxy listening on the host end. Fails closed: any error and the
+/// agent does not start.
+fn start_network(
+    session_id: &str,
+    pending: &spawn::Pending,
+    req: &crate::policy::NetworkRequest,
+    policy: &RunPolicy,
+    enforcement: &mut EnforcementMap,
+) -> Result<Network, RunError> {
+    use crate::net::{decide, netns, proxy};
+    use std::os::fd::AsFd;
+    let err = |what: &str, e: &dyn std::fmt::Display| {
+        RunError::Unsupported(format!("network: {what}: {e}"))
+    };
+    let rules = decide::Rules::parse(&req.allow_domains, &req.deny_domains)
+        .map_err(|e| err("rules", &e))?;
+    let resolve = req
+        .resolve
+        .iter()
+        .map(|r| r.parse::<decide::ResolveOverride>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err("--resolve", &e))?;
+    let decide_policy = decide::Policy::new(rules, resolve, Vec::new(), Vec::new())
+        .map_err(|e| err("rules", &e))?;
+    // Veths and nft tables of supervisors that died (runs without a proxy
+    // do not pay for this check: it costs an nft process).
+    if let Ok(removed) = netns::reap_orphans() {
+        for what in removed {
+            note(policy, &format!("removed {what} of a supervisor that died"));
+        }
+    }
+    let handle = netns::setup_run(session_id, netns::NsTarget::Pidfd(pending.pidfd.as_fd()))
+        .map_err(|e| err("cannot set up the network namespace", &e))?;
+    let addr = handle.proxy_addr();
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| err(&format!("the proxy cannot listen on {addr}"), &e))?;
+    let mut cfg = proxy::ProxyConfig::new(decide_policy);
+    cfg.max_requests = req.max_requests;
+    let proxy = proxy::start(listener, cfg).map_err(|e| err("the proxy cannot start", &e))?;
+    let url = format!("http://{addr}");
+    let mut env = Vec::new();
+    for key in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"] {
+        env.push((key.to_string(), url.clone()));
+        env.push((key.to_ascii_lowercase(), url.clone()));
+    }
+    for key in ["NO_PROXY", "no_proxy"] {
+        env.push((key.to_string(), "localhost,127.0.0.1,::1".to_string()));
+    }
+    let plan = handle.plan();
+    enforced(
+        enforcement,
+        "network",
+        true,
+        format!(
+            "proxy at {addr} (veth {} <-> {} in the agent's namespace, no other route; nft rejects everything else); allow [{}], deny [{}]{}",
+            plan.host_if,
+            plan.agent_addr,
+            req.allow_domains.join(", "),
+            req.deny_domains.join(", "),
+            req.max_requests.map_or(String::new(), |n| format!(", max_requests {n}"))
+        ),
+    );
+    Ok(Network { handle, proxy, env })
+}
+
+/// Stop the proxy, record its last requests and counters, remove the veth
+/// and the nft tables.
+fn stop_network(
+    mut net: Network,
+    journal: &mut Journal,
+    record: &mut Option<Record>,
+    policy: &RunPolicy,
+) {
+    let _ = net.proxy.shutdown();
+    for r in net.proxy.drain_records() {
+        let _ = journal.emit(&Event::NetRequest(r));
+    }
+    let c = net.proxy.counters();
+    if let Some(r) = record.as_mut() {
+        r.meta.allowed_requests = Some(c.allowed);
+        r.meta.denied_requests = Some(c.denied);
+        r.meta.total_requests = Some(c.total);
+    }
+    if let Err(e) = net.handle.teardown() {
+        note(policy, &format!("cannot remove the run's network: {e}"));
+    }
 }
 
 /// Build the child's plan from the policy, check that this supervisor can
@@ -412,7 +510,8 @@ fn child_plan(
     let as_root = nix::unistd::geteuid().is_root();
     let iso = &policy.isolation;
     let mut namespaces = iso.namespaces(as_root);
-    if policy.network.is_some() {
+    let network_mode = network_mode(policy, as_root, enforcement)?;
+    if matches!(network_mode, Some(NetMode::None | NetMode::Proxy)) {
         namespaces.net = true;
         // Without root, a network namespace needs a user namespace.
         namespaces.user |= !as_root;
@@ -477,6 +576,7 @@ fn child_plan(
         );
     }
     Ok(child::ChildPlan {
+        network_mode,
         landlock,
         seccomp,
         argv: spawn::to_cstrings(command)?,
@@ -485,6 +585,63 @@ fn child_plan(
         lock_down: iso.lock_down() || namespaces.any(),
         tmp_size: iso.tmp_size,
     })
+}
+
+/// How the agent reaches the network, checked and recorded (the proxy
+/// mode is recorded once its address is known, in `start_network`).
+fn network_mode(
+    policy: &RunPolicy,
+    as_root: bool,
+    enforcement: &mut EnforcementMap,
+) -> Result<Option<NetMode>, RunError> {
+    let Some(net) = &policy.network else {
+        return Ok(None);
+    };
+    let has_rules = !net.allow_domains.is_empty()
+        || !net.deny_domains.is_empty()
+        || net.max_requests.is_some()
+        || net.max_spend_usd.is_some();
+    let mut mode = net.mode;
+    if mode == NetMode::Host && has_rules {
+        return Err(RunError::Unsupported(format!(
+            "--net host cannot enforce the network rules of {}: use --net proxy (or none)",
+            net.sources.join(", ")
+        )));
+    }
+    if mode == NetMode::Proxy && !as_root {
+        let why = "the policy proxy needs root (it creates a veth pair and nft rules)";
+        if !policy.best_effort {
+            return Err(RunError::Unsupported(format!(
+                "{why}; use --net none, or --best-effort for no network"
+            )));
+        }
+        note(
+            policy,
+            &format!("not enforced (--best-effort): {why}; the agent gets no network at all"),
+        );
+        mode = NetMode::None;
+    }
+    match mode {
+        NetMode::None => {
+            let detail = if has_rules {
+                format!(
+                    "no network (loopback only): the rules of {} are enforced as no network at all",
+                    net.sources.join(", ")
+                )
+            } else {
+                "no network (loopback only)".to_string()
+            };
+            enforced(enforcement, "network", true, detail);
+        }
+        NetMode::Host => enforced(
+            enforcement,
+            "network",
+            false,
+            "the host's network, unfiltered (requested with --net host)",
+        ),
+        NetMode::Proxy => {}
+    }
+    Ok(Some(mode))
 }
 
 /// Build the landlock ruleset (before the fork) and record what it enforces.

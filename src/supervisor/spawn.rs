@@ -176,8 +176,24 @@ impl Pending {
     /// Let the child continue, and wait until it has exec'd the agent or
     /// reported why it could not. On error the caller still owns the child
     /// (to reap it and clean up).
-    pub fn go(&self) -> Result<(), SpawnError> {
-        (&self.go).write_all(b"g").map_err(SpawnError::Handshake)?;
+    ///
+    /// `env` is added to the agent's environment (replacing variables of
+    /// the same name): what the parent only learns during its side of the
+    /// setup, such as the proxy's address. The "go" message is a 4-byte
+    /// little-endian length and that many bytes of `KEY=VALUE\0` entries.
+    pub fn go(&self, env: &[(String, String)]) -> Result<(), SpawnError> {
+        let mut payload = Vec::new();
+        for (k, v) in env {
+            payload.extend_from_slice(k.as_bytes());
+            payload.push(b'=');
+            payload.extend_from_slice(v.as_bytes());
+            payload.push(0);
+        }
+        let len = u32::try_from(payload.len())
+            .map_err(|_| SpawnError::BadCommand("environment too large".into()))?;
+        let mut msg = len.to_le_bytes().to_vec();
+        msg.extend_from_slice(&payload);
+        (&self.go).write_all(&msg).map_err(SpawnError::Handshake)?;
         let mut buf = [0u8; MESSAGE_LEN];
         let mut got = 0;
         while got < MESSAGE_LEN {

@@ -23,6 +23,11 @@ pub enum Violation {
         limit: u64,
         observed: u64,
     },
+    /// The proxy refused a request over `--max-requests`.
+    MaxRequests {
+        limit: u64,
+        observed: u64,
+    },
     /// vallignus itself got SIGINT/SIGTERM/SIGHUP/SIGQUIT.
     Signal(i32),
     /// The session could not be written (disk full...): stop the agent
@@ -48,6 +53,7 @@ impl Violation {
             Violation::MaxOutputLines { .. } => "max_output_lines",
             Violation::MaxOutputBytes { .. } => "max_output_bytes",
             Violation::MemoryOom { .. } => "memory_oom",
+            Violation::MaxRequests { .. } => "max_requests",
             Violation::Signal(_) => "signal",
             Violation::RecordingFailed(_) => "recording_failed",
         }
@@ -58,7 +64,8 @@ impl Violation {
             Violation::MaxRuntime { limit, .. } => secs(*limit),
             Violation::MaxOutputLines { limit, .. }
             | Violation::MaxOutputBytes { limit, .. }
-            | Violation::MemoryOom { limit, .. } => (*limit).into(),
+            | Violation::MemoryOom { limit, .. }
+            | Violation::MaxRequests { limit, .. } => (*limit).into(),
             Violation::Signal(n) => (*n).into(),
             Violation::RecordingFailed(_) => 0.into(),
         }
@@ -69,7 +76,8 @@ impl Violation {
             Violation::MaxRuntime { observed, .. } => secs(*observed),
             Violation::MaxOutputLines { observed, .. }
             | Violation::MaxOutputBytes { observed, .. }
-            | Violation::MemoryOom { observed, .. } => (*observed).into(),
+            | Violation::MemoryOom { observed, .. }
+            | Violation::MaxRequests { observed, .. } => (*observed).into(),
             Violation::Signal(n) => (*n).into(),
             Violation::RecordingFailed(_) => 0.into(),
         }

@@ -39,6 +39,8 @@ pub struct WatchConfig {
     pub memory_max: Option<u64>,
     /// Whether `pids.max` is set: hitting it is recorded as a `limit_event`.
     pub pids_max: bool,
+    /// `--max-requests`: a request refused for it ends the run.
+    pub max_requests: Option<u64>,
     pub kill_grace: Duration,
     pub quiet: bool,
 }
@@ -190,6 +192,22 @@ impl Loop<'_> {
         }
     }
 
+    /// Record what the proxy saw; a request refused for the cap ends the run.
+    fn on_proxy(&mut self, proxy: &mut crate::net::proxy::ProxyHandle) {
+        for record in proxy.drain_records() {
+            let over_cap = record.reason == Some(crate::net::decide::Reason::MaxRequests);
+            self.emit(&Event::NetRequest(record));
+            if over_cap {
+                if let Some(limit) = self.cfg.max_requests {
+                    self.violate(Violation::MaxRequests {
+                        limit,
+                        observed: limit + 1,
+                    });
+                }
+            }
+        }
+    }
+
     /// A watched counter changed: record it; an OOM kill ends the run.
     fn on_limit(&mut self, w: &mut LimitWatch) {
         let counters = w.read();
@@ -315,6 +333,7 @@ fn ack_events(file: &std::fs::File) {
 }
 
 /// Supervise a running child until every process of the run is gone.
+#[allow(clippy::too_many_arguments)]
 pub fn watch(
     child: Running,
     containment: &Containment,
@@ -322,6 +341,7 @@ pub fn watch(
     recorder: &mut Recorder,
     console: &mut Console,
     signals: &SignalFd,
+    mut proxy: Option<&mut crate::net::proxy::ProxyHandle>,
     cfg: &WatchConfig,
 ) -> Outcome {
     let Running {
@@ -441,6 +461,10 @@ pub fn watch(
                 fds.push(PollFd::new(f.as_fd(), PollFlags::POLLPRI));
                 fds.len() - 1
             });
+        let proxy_slot = proxy.as_ref().filter(|p| p.is_running()).map(|p| {
+            fds.push(PollFd::new(p.notify_fd(), PollFlags::POLLIN));
+            fds.len() - 1
+        });
         let first_limit_slot = fds.len();
         for w in &limit_watches {
             fds.push(PollFd::new(w.file.as_fd(), PollFlags::POLLPRI));
@@ -515,6 +539,15 @@ pub fn watch(
         if let (Some(i), Some(f)) = (events_slot, &events_file) {
             if !revents[i].is_empty() {
                 ack_events(f);
+            }
+        }
+        if let (Some(slot), Some(p)) = (proxy_slot, proxy.as_deref_mut()) {
+            if !revents[slot].is_empty() {
+                lp.on_proxy(p);
+                if !p.is_running() {
+                    // Its only route led to the proxy: no network from now on.
+                    lp.emit(&Event::ProxyStopped {});
+                }
             }
         }
         for (i, w) in limit_watches.iter_mut().enumerate() {

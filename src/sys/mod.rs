@@ -8,6 +8,7 @@
 //! expressed in types are checked at run time (for example `fork_into_cgroup`
 //! refuses to run in a multi-threaded process).
 
+pub mod pidfd;
 pub mod probe;
 
 use std::io;

@@ -1,0 +1,158 @@
+//! Running the `nft` tool: a generated ruleset on its standard input
+//! (`nft -f -`), applied by the kernel as one atomic transaction.
+//!
+//! Invariants:
+//! - `nft` is looked up in the system directories first and then on `PATH`;
+//!   when it cannot be found, callers get [`NetError::ToolMissing`] before
+//!   anything is changed (fail closed: no rules means no setup at all);
+//! - `nft` runs with an empty environment and in the network namespace of
+//!   the *calling thread* (a spawned process inherits the namespaces of the
+//!   thread that spawned it), which is how the agent-side ruleset reaches
+//!   the agent's namespace.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use super::NetError;
+
+/// Where `nft` is looked for before `PATH`.
+const SYSTEM_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
+
+/// The `nft` binary, or [`NetError::ToolMissing`].
+pub fn locate() -> Result<PathBuf, NetError> {
+    let path_var = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = SYSTEM_DIRS.iter().map(PathBuf::from).collect();
+    dirs.extend(std::env::split_paths(&path_var));
+    locate_in(&dirs)
+}
+
+/// The first executable `nft` in `dirs`, or [`NetError::ToolMissing`].
+pub fn locate_in(dirs: &[PathBuf]) -> Result<PathBuf, NetError> {
+    dirs.iter()
+        .map(|dir| dir.join("nft"))
+        .find(|candidate| is_executable(candidate))
+        .ok_or_else(|| NetError::ToolMissing {
+            tool: "nft",
+            package: "nftables",
+            searched: dirs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":"),
+        })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Run `nft -f -` with `script` on stdin; `what` names the ruleset in errors.
+pub fn apply(nft: &Path, script: &str, what: &str) -> Result<(), NetError> {
+    start(nft, script, what)?.wait()
+}
+
+/// An `nft -f -` that was started and not yet waited for, so that the host
+/// and the agent side can be configured at the same time.
+#[must_use = "an nft run must be waited for to know whether the rules are in place"]
+pub struct Pending {
+    child: Child,
+    command: String,
+    what: String,
+}
+
+/// Start `nft -f -` with `script` on stdin (see [`apply`]).
+pub fn start(nft: &Path, script: &str, what: &str) -> Result<Pending, NetError> {
+    let command = format!("{} -f -", nft.display());
+    let mut child = Command::new(nft)
+        .args(["-f", "-"])
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| NetError::Spawn {
+            command: command.clone(),
+            what: what.to_owned(),
+            source,
+        })?;
+    if let Some(mut pipe) = child.stdin.take() {
+        // A ruleset is far below the pipe's capacity, so this cannot block
+        // on a slow nft; a write error (nft exited early) shows up in its
+        // status and stderr. Dropping `pipe` closes it: end of input.
+        let _ = pipe.write_all(script.as_bytes());
+    }
+    Ok(Pending {
+        child,
+        command,
+        what: what.to_owned(),
+    })
+}
+
+impl Pending {
+    /// Wait for nft; an error unless it exited with status 0.
+    pub fn wait(self) -> Result<(), NetError> {
+        let what = self.what;
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(|source| NetError::Spawn {
+                command: self.command,
+                what: what.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(NetError::Nft {
+                what,
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `nft list tables`: (family, name) of every table of this namespace.
+pub fn list_tables(nft: &Path) -> Result<Vec<(String, String)>, NetError> {
+    let what = "list tables";
+    let out = run(nft, &["list", "tables"], what)?;
+    if !out.status.success() {
+        return Err(NetError::Nft {
+            what: what.to_owned(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(parse_table_list(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Parse `nft list tables` output: lines `table <family> <name>`.
+pub fn parse_table_list(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next(), words.next(), words.next()) {
+                (Some("table"), Some(family), Some(name), None) => {
+                    Some((family.to_owned(), name.to_owned()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn run(nft: &Path, args: &[&str], what: &str) -> Result<std::process::Output, NetError> {
+    Command::new(nft)
+        .args(args)
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| NetError::Spawn {
+            command: format!("{} {}", nft.display(), args.join(" ")),
+            what: what.to_owned(),
+            source,
+        })
+}

@@ -1,0 +1,203 @@
+//! The network path end to end: the agent's only way out is the policy
+//! proxy on a veth. Root (tier 2); every target is on this machine: a
+//! local upstream on 127.0.0.1 that the proxy reaches through `--resolve`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+
+use common::*;
+
+fn network_available(test: &str) -> bool {
+    if !cgroups_available(test) {
+        return false;
+    }
+    let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists());
+    if !nft {
+        skip(test, "nft is not installed (apt-get install nftables)");
+    }
+    nft
+}
+
+/// A tiny HTTP upstream on 127.0.0.1 that answers every request with
+/// `hello` (in a thread; it stops with the test process).
+fn upstream() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+                );
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn only_the_proxy_is_reachable_and_every_request_is_recorded() {
+    if !network_available("only_the_proxy_is_reachable_and_every_request_is_recorded") {
+        return;
+    }
+    let port = upstream();
+    // Any other host service must stay out of reach.
+    let other = TcpListener::bind("0.0.0.0:0").unwrap();
+    let other_port = other.local_addr().unwrap().port();
+    let h = Home::new();
+    let resolve = format!("api.example.test:{port}:127.0.0.1");
+    let script = format!(
+        "curl -s -m 5 http://api.example.test:{port}/v1/x?secret=1; echo; \
+         curl -s -m 5 -o /dev/null -w '%{{http_code}}\\n' http://evil.example.org:{port}/; \
+         curl -s -m 3 --noproxy '*' -o /dev/null -w 'direct %{{http_code}}\\n' http://127.0.0.1:{port}/; \
+         curl -s -m 3 --noproxy '*' -o /dev/null -w 'other %{{http_code}}\\n' http://127.0.0.1:{other_port}/; \
+         curl -s -m 5 -o /dev/null -w 'spoof %{{http_code}}\\n' -H 'Host: evil.example.org' http://api.example.test:{port}/"
+    );
+    let t = std::time::Instant::now();
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--allow-domain",
+        "api.example.test",
+        "--resolve",
+        &resolve,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("hello\n403\n"), "{out}");
+    assert!(
+        out.contains("direct 000"),
+        "a direct connection got through: {out}"
+    );
+    assert!(
+        out.contains("other 000"),
+        "a host service was reachable: {out}"
+    );
+    assert!(out.contains("spoof 403"), "{out}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(10),
+        "blocked connections must fail fast"
+    );
+
+    let s = h.session_json();
+    assert_eq!(s["allowed_requests"], 1);
+    assert_eq!(s["denied_requests"], 2);
+    assert_eq!(s["total_requests"], 3);
+    assert!(s["enforcement"]["network"]["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("proxy at 10.213."));
+    let reqs: Vec<serde_json::Value> = h
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "net_request")
+        .collect();
+    assert_eq!(reqs.len(), 3);
+    assert_eq!(reqs[0]["decision"], "allow");
+    assert_eq!(reqs[0]["host"], "api.example.test");
+    assert_eq!(reqs[0]["path"], "/v1/x", "the query is not recorded");
+    assert_eq!(reqs[1]["reason"], "domain_not_allowed");
+    assert_eq!(reqs[2]["reason"], "host_header_mismatch");
+    // Nothing of the run's network is left.
+    let links = std::process::Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
+    let sid = s["session_id"].as_str().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains(sid),
+        "veth left behind"
+    );
+}
+
+#[test]
+fn request_cap_ends_the_run() {
+    if !network_available("request_cap_ends_the_run") {
+        return;
+    }
+    let port = upstream();
+    let h = Home::new();
+    let resolve = format!("api.example.test:{port}:127.0.0.1");
+    let script = format!(
+        "for i in 1 2 3 4; do curl -s -m 5 -o /dev/null -w '%{{http_code}}\\n' http://api.example.test:{port}/; done; sleep 5"
+    );
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--allow-domain",
+        "api.example.test",
+        "--resolve",
+        &resolve,
+        "--max-requests",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(code(&o), 124, "{}", stderr(&o));
+    // Two went through; the third was refused with 429 and ended the run
+    // (curl may be killed before it prints the 429).
+    assert!(stdout(&o).starts_with("200\n200\n"), "{}", stdout(&o));
+    assert_eq!(stdout(&o).matches("200").count(), 2, "{}", stdout(&o));
+    let refused: Vec<serde_json::Value> = h
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "net_request" && e["reason"] == "max_requests")
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["status"], 429);
+    let s = h.session_json();
+    assert_eq!(s["termination_reason"], "max_requests");
+    assert_eq!(s["termination_limit_value"], 2);
+}
+
+#[test]
+fn net_none_and_host_modes() {
+    if !network_available("net_none_and_host_modes") {
+        return;
+    }
+    let h = Home::new();
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--net",
+        "none",
+        "--",
+        "sh",
+        "-c",
+        "ip -o link | wc -l",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "1", "only loopback");
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--net",
+        "host",
+        "--allow-domain",
+        "x.test",
+        "--",
+        "true",
+    ]);
+    assert_eq!(
+        code(&o),
+        125,
+        "rules cannot be enforced on the host network"
+    );
+    assert!(stderr(&o).contains("--net host"), "{}", stderr(&o));
+    let o = h.run(&["run", "-q", "--allow-domain", "*.", "--", "true"]);
+    assert_eq!(code(&o), 125);
+}
