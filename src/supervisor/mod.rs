@@ -272,15 +272,16 @@ fn run_session(
                 policy,
                 &format!("not enforced (--best-effort): no cgroup: {e}; using a process group"),
             );
-            enforced(enforcement, "cgroup", false, format!("not enforced: {e}"));
+            enforced(enforcement, "cgroup", false, e.to_string());
             for (file, _) in limits.files() {
-                enforced(enforcement, file, false, "not enforced: no cgroup");
+                enforced(enforcement, file, false, "no cgroup");
             }
             enforced(
                 enforcement,
                 "process_group",
                 true,
-                "teardown signals the agent's process group; a process that calls setsid escapes it",
+                "teardown signals the agent's process group; a process that calls setsid escapes it \
+                 unless the run has a PID namespace (killing its init ends every process in it)",
             );
             None
         }

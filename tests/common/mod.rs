@@ -121,7 +121,10 @@ pub fn cgroups_available(test: &str) -> bool {
     };
     let probe = mount.join("vallignus");
     let _ = std::fs::create_dir(&probe);
-    let test_dir = probe.join(format!("probe-{}", std::process::id()));
+    // Unique per call: tests of one binary probe concurrently.
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let test_dir = probe.join(format!("probe-{}-{n}", std::process::id()));
     if std::fs::create_dir(&test_dir).is_err() {
         skip(
             test,
