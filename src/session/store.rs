@@ -67,6 +67,13 @@ pub fn create_private_dir(dir: &Path) -> Result<(), SessionError> {
 /// Write `bytes` to `path` atomically: a 0600 temp file in the same
 /// directory, fsync, rename over the target.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SessionError> {
+    write_atomic_with(path, bytes, true)
+}
+
+/// [`write_atomic`], with the fsync optional: without it the rename is
+/// still atomic for readers, but a power loss may leave the old content
+/// (or an empty file). For records that are rewritten durably later.
+pub fn write_atomic_with(path: &Path, bytes: &[u8], durable: bool) -> Result<(), SessionError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -81,7 +88,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SessionError> {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_data()?;
+        if durable {
+            f.sync_data()?;
+        }
         fs::rename(&tmp, path)
     })();
     if result.is_err() {
@@ -268,15 +277,20 @@ pub fn load_meta(session_id: &str, dir: &Path) -> Result<SessionMeta, SessionErr
     Ok(meta)
 }
 
-/// Serialize and atomically write `session.json` into `dir`.
+/// Serialize and atomically write `session.json` into `dir` (durably).
 pub fn save_meta(dir: &Path, meta: &SessionMeta) -> Result<(), SessionError> {
+    save_meta_with(dir, meta, true)
+}
+
+/// [`save_meta`] with the fsync optional (see [`write_atomic_with`]).
+pub fn save_meta_with(dir: &Path, meta: &SessionMeta, durable: bool) -> Result<(), SessionError> {
     let path = dir.join("session.json");
     let mut bytes = serde_json::to_vec_pretty(meta).map_err(|e| SessionError::Io {
         path: path.clone(),
         source: io::Error::other(e),
     })?;
     bytes.push(b'\n');
-    write_atomic(&path, &bytes)
+    write_atomic_with(&path, &bytes, durable)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::session::meta::{env_summary, Limits, SupervisorInfo};
-use crate::session::store::{create_private_file, save_meta, SessionError, Store};
+use crate::session::store::{create_private_file, save_meta, save_meta_with, SessionError, Store};
 use crate::session::{EventWriter, SessionMeta, Status};
 
 use super::journal::Journal;
@@ -78,15 +78,18 @@ impl Record {
         self.store.home()
     }
 
+    /// Write `session.json` while the run is starting: not fsync'd (a few
+    /// ms per run on slow disks), since `finish` rewrites it durably and a
+    /// crash before that is recovered from the running marker.
     pub fn save(&self) -> Result<(), SessionError> {
-        save_meta(&self.dir, &self.meta)
+        save_meta_with(&self.dir, &self.meta, false)
     }
 
     /// Write the final `session.json` and drop the running marker.
     pub fn finish(mut self, status: Status) -> Result<(), SessionError> {
         self.meta.status = Some(status);
         self.meta.finished_at_iso = Some(now_iso());
-        let result = self.save();
+        let result = save_meta(&self.dir, &self.meta);
         self.store.clear_running(&self.meta.session_id);
         result
     }
