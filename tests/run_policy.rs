@@ -204,3 +204,146 @@ fn agent_cannot_read_the_auth_store() {
         }
     }
 }
+
+/// A one-shot HTTP server on 127.0.0.1 that records the request it got.
+fn webhook_server() -> (u16, std::thread::JoinHandle<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Read the head, then the body by Content-Length.
+        loop {
+            let n = c.read(&mut buf).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            req.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&req).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if req.len() >= end + 4 + len {
+                    break;
+                }
+            }
+        }
+        let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        String::from_utf8_lossy(&req).into_owned()
+    });
+    (port, handle)
+}
+
+#[test]
+fn violation_alert_is_posted_by_the_supervisor() {
+    if !cgroups_available("violation_alert_is_posted_by_the_supervisor") {
+        return;
+    }
+    let (port, server) = webhook_server();
+    let h = Home::new();
+    let pf = policy_file(
+        &h,
+        &format!("violation_protocol:\n  alert_webhook: http://127.0.0.1:{port}/hook\n"),
+    );
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--policy",
+        &pf,
+        "--max-output-lines",
+        "1",
+        "--",
+        "seq",
+        "1",
+        "10",
+    ]);
+    assert_eq!(code(&o), 124, "{}", stderr(&o));
+    let req = server.join().unwrap();
+    assert!(req.starts_with("POST /hook HTTP/1.1"), "{req}");
+    let body: serde_json::Value =
+        serde_json::from_str(req.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let sid = h.session_json()["session_id"].as_str().unwrap().to_string();
+    assert_eq!(body["session_id"], sid.as_str());
+    assert_eq!(body["reason"], "max_output_lines");
+    assert_eq!(body["limit_value"], 1);
+    assert_eq!(body["observed_value"], 2);
+    let sent = h
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "alert_sent")
+        .unwrap();
+    assert_eq!(sent["status"], 200);
+}
+
+#[test]
+fn an_unreachable_webhook_does_not_hold_up_teardown() {
+    if !cgroups_available("an_unreachable_webhook_does_not_hold_up_teardown") {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let h = Home::new();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let t = std::time::Instant::now();
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--alert-webhook",
+        &url,
+        "--max-runtime",
+        "0.3",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(code(&o), 124);
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    let failed = h
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "alert_failed")
+        .unwrap();
+    assert_eq!(failed["url"], url.as_str());
+    let o = h.run(&[
+        "run",
+        "--alert-webhook",
+        "https://127.0.0.1/hook",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("https"), "{}", stderr(&o));
+}
+
+#[test]
+fn policy_show_applies_the_token() {
+    let h = Home::new();
+    let token = issue_token(&h, "7");
+    let o = h.run(&[
+        "policy",
+        "show",
+        "--json",
+        "--max-runtime",
+        "60",
+        "--token",
+        &token,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["constraints"]["max_runtime"], 7, "{v}");
+    assert_eq!(
+        v["constraints"]["network"]["allow_domains"][0],
+        "api.example.com"
+    );
+    let o = h.run(&["policy", "show", "--token", "vl1.bad"]);
+    assert_ne!(code(&o), 0);
+    assert!(stderr(&o).contains("--token"), "{}", stderr(&o));
+}

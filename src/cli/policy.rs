@@ -58,6 +58,15 @@ pub struct ShowArgs {
     #[arg(long, value_name = "N", value_parser = parse_count)]
     max_requests: Option<u64>,
 
+    /// Apply this token's policy on top (it can only narrow), as `run --token` does.
+    #[arg(
+        long,
+        env = "VALLIGNUS_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+
     /// Print JSON instead of YAML.
     #[arg(long)]
     json: bool,
@@ -67,6 +76,8 @@ pub struct ShowArgs {
 enum PolicyCliError {
     #[error(transparent)]
     File(#[from] file::PolicyFileError),
+    #[error("--token: {0}")]
+    Token(String),
     #[error("cannot print the policy as {format}: {message}")]
     Print {
         format: &'static str,
@@ -109,7 +120,41 @@ fn show(args: &ShowArgs) -> Result<(), PolicyCliError> {
         max_output_bytes: args.max_output_bytes,
         max_requests: args.max_requests,
     };
-    print(&file::resolve(policy.as_ref(), &flags), args.json)
+    let mut effective = file::resolve(policy.as_ref(), &flags);
+    if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
+        narrow_by_token(&mut effective, token)?;
+    }
+    print(&effective, args.json)
+}
+
+/// What `run --token` does to the limits: the token's policy can only
+/// narrow them; its allowed domains become network rules.
+fn narrow_by_token(p: &mut EffectivePolicy, token: &str) -> Result<(), PolicyCliError> {
+    use crate::policy::narrow;
+    let home =
+        crate::session::store::home_dir().map_err(|e| PolicyCliError::Token(e.to_string()))?;
+    let v = crate::auth::verify_for_run(&home, token, std::time::SystemTime::now())
+        .map_err(|e| PolicyCliError::Token(e.to_string()))?;
+    let tp = &v.policy;
+    let nz = |n: Option<u64>| n.filter(|v| *v > 0);
+    p.max_runtime = narrow(
+        p.max_runtime,
+        nz(tp.max_runtime_secs).map(Duration::from_secs),
+    );
+    p.max_output_lines = narrow(p.max_output_lines, nz(tp.max_output_lines));
+    p.max_output_bytes = narrow(p.max_output_bytes, nz(tp.max_output_bytes));
+    p.network.max_requests = narrow(p.network.max_requests, nz(tp.max_requests));
+    p.network.max_spend_usd = narrow(p.network.max_spend_usd, tp.max_spend_usd);
+    for d in &tp.allowed_domains {
+        let pattern = crate::policy::domain::DomainPattern::parse(d)
+            .map_err(|e| PolicyCliError::Token(format!("the token's domain {d:?}: {e}")))?;
+        p.network.allow_domains.push(pattern);
+    }
+    eprintln!(
+        "vallignus: token: agent {} ({}), policy {} v{}",
+        v.agent_id, v.owner, tp.policy_id, tp.version
+    );
+    Ok(())
 }
 
 fn print(policy: &EffectivePolicy, json: bool) -> Result<(), PolicyCliError> {

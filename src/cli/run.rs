@@ -108,6 +108,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "HOST:PORT:ADDR", value_parser = parse_resolve)]
     resolve: Vec<String>,
 
+    /// POST a JSON alert here when the run is ended for a violation (http:// only).
+    #[arg(long, value_name = "URL")]
+    alert_webhook: Option<String>,
+
     /// Cap on HTTP requests through the policy proxy (0 = no cap).
     #[arg(long, value_name = "N", value_parser = parse_count)]
     max_requests: Option<u64>,
@@ -250,6 +254,11 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
     p.max_output_lines = eff.max_output_lines;
     p.max_output_bytes = eff.max_output_bytes;
     p.max_requests = eff.network.max_requests;
+    p.alert_webhook = args.alert_webhook.clone().or(eff.alert_webhook.clone());
+    p.log_request_violations = eff.violation_action == file::ViolationAction::Log;
+    if let Some(url) = &p.alert_webhook {
+        crate::supervisor::alert::Webhook::parse(url)?;
+    }
     if let Some(f) = &pf {
         p.policy_file = Some(f.source.clone());
         p.cgroup.memory_max = p.cgroup.memory_max.or(eff.memory);

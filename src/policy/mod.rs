@@ -30,6 +30,12 @@ pub struct RunPolicy {
     pub token_identity: Option<TokenIdentity>,
     /// The policy file that was applied.
     pub policy_file: Option<PathBuf>,
+    /// `violation_protocol.alert_webhook` (or `--alert-webhook`).
+    pub alert_webhook: Option<String>,
+    /// `violation_protocol.action: log`: a request over `max_requests` is
+    /// refused (429) and recorded, but does not end the run. The other caps
+    /// always end it.
+    pub log_request_violations: bool,
     pub kill_grace: Duration,
     /// Record a session (`--no-session` turns it off; caps still apply).
     pub record_session: bool,
@@ -52,6 +58,8 @@ impl Default for RunPolicy {
             network: None,
             token_identity: None,
             policy_file: None,
+            alert_webhook: None,
+            log_request_violations: false,
             kill_grace: Duration::from_secs(2),
             record_session: true,
             best_effort: false,

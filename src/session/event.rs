@@ -84,6 +84,16 @@ pub enum Event {
     /// The policy proxy stopped while the run went on: the agent has no
     /// network from then on (its only route led to the proxy).
     ProxyStopped {},
+    /// The violation alert reached the webhook (`status`: its HTTP status).
+    AlertSent {
+        url: String,
+        status: u16,
+    },
+    /// The violation alert could not be delivered.
+    AlertFailed {
+        url: String,
+        error: String,
+    },
     ProcessExited {
         exit_code: i64,
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -13,6 +13,7 @@
 //! 9. teardown: remove the cgroup, write the final events and session.json,
 //!    then seal the session (seal.json, signed with the auth store's key)
 
+pub mod alert;
 pub mod channel;
 mod child;
 pub mod console;
@@ -363,7 +364,7 @@ fn run_session(
         max_lines: policy.max_output_lines,
         max_bytes: policy.max_output_bytes,
     });
-    let outcome = watch::watch(
+    let mut outcome = watch::watch(
         child,
         &containment,
         journal,
@@ -374,6 +375,13 @@ fn run_session(
         &WatchConfig {
             started,
             max_requests: policy.max_requests,
+            log_request_violations: policy.log_request_violations,
+            alert: policy
+                .alert_webhook
+                .as_deref()
+                .and_then(|u| alert::Webhook::parse(u).ok()),
+            session_id: session_id.to_string(),
+            agent_id: policy.token_identity.as_ref().map(|t| t.agent_id.clone()),
             max_runtime: policy.max_runtime,
             memory_max: policy.cgroup.memory_max,
             pids_max: policy.cgroup.pids_max.is_some(),
@@ -397,6 +405,20 @@ fn run_session(
     remove_containment(containment, policy);
     if let Some(net) = network {
         stop_network(net, journal, record, policy);
+    }
+
+    // The violation alert, if one was sent: it had the whole teardown to
+    // finish (and at most alert::TIMEOUT in all); record how it went.
+    if let Some((url, handle)) = outcome.alert.take() {
+        let event = match handle.join() {
+            Ok(Ok(status)) => Event::AlertSent { url, status },
+            Ok(Err(error)) => Event::AlertFailed { url, error },
+            Err(_) => Event::AlertFailed {
+                url,
+                error: "the alert thread panicked".into(),
+            },
+        };
+        let _ = journal.emit(&event);
     }
 
     let report = finish(policy, record, journal, &recorder, &outcome, stats, started);

@@ -39,8 +39,14 @@ pub struct WatchConfig {
     pub memory_max: Option<u64>,
     /// Whether `pids.max` is set: hitting it is recorded as a `limit_event`.
     pub pids_max: bool,
-    /// `--max-requests`: a request refused for it ends the run.
+    /// `--max-requests`: a request refused for it ends the run (unless
+    /// `log_request_violations`).
     pub max_requests: Option<u64>,
+    pub log_request_violations: bool,
+    /// Where to POST an alert on a violation, and what to say in it.
+    pub alert: Option<super::alert::Webhook>,
+    pub session_id: String,
+    pub agent_id: Option<String>,
     pub kill_grace: Duration,
     pub quiet: bool,
 }
@@ -49,6 +55,8 @@ pub struct WatchConfig {
 pub struct Outcome {
     /// The agent's (exit code in shell convention, signal), if it was reaped.
     pub agent_status: Option<(i64, Option<i32>)>,
+    /// An alert in flight: the URL and the thread delivering it.
+    pub alert: Option<(String, std::thread::JoinHandle<Result<u16, String>>)>,
     pub violation: Option<Violation>,
     pub ended: Instant,
 }
@@ -75,6 +83,7 @@ struct Loop<'a> {
     /// The agent's (exit code, signal): the child's own, or init's report.
     agent_status: Option<(i64, Option<i32>)>,
     recording_error: bool,
+    alert: Option<(String, std::thread::JoinHandle<Result<u16, String>>)>,
 }
 
 fn exit_code_of(status: &WaitStatus) -> (i64, Option<i32>) {
@@ -117,6 +126,20 @@ impl Loop<'_> {
             limit_value: v.limit_value(),
             observed_value: v.observed_value(),
         };
+        if let (Some(hook), true) = (&self.cfg.alert, self.alert.is_none()) {
+            let body = serde_json::json!({
+                "session_id": self.cfg.session_id,
+                "reason": v.reason(),
+                "limit_value": v.limit_value(),
+                "observed_value": v.observed_value(),
+                "agent_id": self.cfg.agent_id,
+                "ts_ms": std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+            });
+            self.alert = Some((hook.url.clone(), hook.send(body.to_string())));
+        }
         self.violation = Some(v);
         // Not through self.emit: a recording failure must not recurse.
         let _ = self.journal.emit(&event);
@@ -195,7 +218,8 @@ impl Loop<'_> {
     /// Record what the proxy saw; a request refused for the cap ends the run.
     fn on_proxy(&mut self, proxy: &mut crate::net::proxy::ProxyHandle) {
         for record in proxy.drain_records() {
-            let over_cap = record.reason == Some(crate::net::decide::Reason::MaxRequests);
+            let over_cap = record.reason == Some(crate::net::decide::Reason::MaxRequests)
+                && !self.cfg.log_request_violations;
             self.emit(&Event::NetRequest(record));
             if over_cap {
                 if let Some(limit) = self.cfg.max_requests {
@@ -387,6 +411,7 @@ pub fn watch(
         status: None,
         agent_status: None,
         recording_error: false,
+        alert: None,
     };
 
     loop {
@@ -594,6 +619,7 @@ pub fn watch(
     }
     Outcome {
         agent_status: lp.agent_status,
+        alert: lp.alert,
         violation: lp.violation,
         ended: Instant::now(),
     }
