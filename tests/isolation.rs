@@ -283,3 +283,74 @@ print(\"ptrace\", l.ptrace(0,0,0,0), os.strerror(ctypes.get_errno()))'";
     ]);
     assert_eq!(stdout(&o), "Seccomp:\t0\n");
 }
+
+#[test]
+fn environment_policy_keeps_secrets_out() {
+    if !ready("environment_policy_keeps_secrets_out") {
+        return;
+    }
+    let h = Home::new();
+    let o = h
+        .cmd()
+        .env("OPENAI_API_KEY", "sk-very-secret")
+        .env("KEEP_ME", "kept")
+        .args([
+            "run",
+            "-q",
+            "--clear-env",
+            "--env",
+            "KEEP_ME",
+            "--env",
+            "MODE=test",
+            "--",
+            "sh",
+            "-c",
+            "env | sort",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(!out.contains("sk-very-secret"), "{out}");
+    assert!(out.contains("KEEP_ME=kept\n"), "{out}");
+    assert!(out.contains("MODE=test\n"), "{out}");
+    assert!(out.contains("PATH="), "{out}");
+    let s = h.session_json();
+    let names: Vec<&str> = s["agent_env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"KEEP_ME") && !names.contains(&"OPENAI_API_KEY"),
+        "{names:?}"
+    );
+    let raw = std::fs::read_to_string(h.only_session().join("session.json")).unwrap();
+    assert!(
+        !raw.contains("sk-very-secret") && !raw.contains("kept"),
+        "values recorded"
+    );
+
+    // Without --clear-env the environment is inherited (0.4.2's behaviour),
+    // and strict isolation clears it.
+    let h = Home::new();
+    let o = h
+        .cmd()
+        .env("OPENAI_API_KEY", "sk-very-secret")
+        .args([
+            "run",
+            "-q",
+            "--isolation",
+            "strict",
+            "--",
+            "sh",
+            "-c",
+            "env",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!stdout(&o).contains("sk-very-secret"));
+    assert_eq!(code(&h.run(&["run", "--env", "1BAD", "--", "true"])), 125);
+}

@@ -10,6 +10,7 @@ use crate::isolation::user::{self, RunAs};
 use crate::policy::units::{parse_count, parse_duration, parse_size};
 use crate::policy::{narrow, nonzero, RunPolicy};
 use crate::supervisor;
+use crate::supervisor::environment;
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -107,6 +108,15 @@ pub struct RunArgs {
     /// counts as named by a rule). Repeatable.
     #[arg(long, value_name = "HOST:PORT:ADDR", value_parser = parse_resolve)]
     resolve: Vec<String>,
+
+    /// Give the agent this variable: KEY (from vallignus's environment) or KEY=VALUE. Repeatable.
+    #[arg(long = "env", value_name = "KEY[=VALUE]", value_parser = environment::parse_env_flag)]
+    env_vars: Vec<(String, Option<String>)>,
+
+    /// Start the agent from a minimal environment (PATH, HOME, LANG, TERM) plus --env
+    /// (implied by --isolation strict).
+    #[arg(long)]
+    clear_env: bool,
 
     /// POST a JSON alert here when the run is ended for a violation (http:// only).
     #[arg(long, value_name = "URL")]
@@ -207,6 +217,20 @@ impl RunArgs {
             quiet: self.quiet,
             session_id_file: self.session_id_file.clone(),
             token: self.token.clone().filter(|t| !t.is_empty()),
+            env: environment::EnvPolicy {
+                clear: self.clear_env,
+                pass: self
+                    .env_vars
+                    .iter()
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(k, _)| k.clone())
+                    .collect(),
+                set: self
+                    .env_vars
+                    .iter()
+                    .filter_map(|(k, v)| v.as_ref().map(|v| (k.clone(), v.clone())))
+                    .collect(),
+            },
             ..RunPolicy::default()
         }
     }

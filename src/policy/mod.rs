@@ -32,6 +32,8 @@ pub struct RunPolicy {
     pub policy_file: Option<PathBuf>,
     /// `violation_protocol.alert_webhook` (or `--alert-webhook`).
     pub alert_webhook: Option<String>,
+    /// `--env`, `--clear-env`.
+    pub env: crate::supervisor::environment::EnvPolicy,
     /// `violation_protocol.action: log`: a request over `max_requests` is
     /// refused (429) and recorded, but does not end the run. The other caps
     /// always end it.
@@ -59,6 +61,7 @@ impl Default for RunPolicy {
             token_identity: None,
             policy_file: None,
             alert_webhook: None,
+            env: crate::supervisor::environment::EnvPolicy::default(),
             log_request_violations: false,
             kill_grace: Duration::from_secs(2),
             record_session: true,

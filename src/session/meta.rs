@@ -130,6 +130,9 @@ pub struct SessionMeta {
     /// The policy file that was applied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_file: Option<String>,
+    /// Names (never values) of the environment variables the agent got.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub agent_env: Vec<String>,
 
     /// Keys written by other versions, kept verbatim on rewrite.
     #[serde(flatten)]

@@ -34,6 +34,8 @@ pub struct ChildPlan {
     pub tmp_size: u64,
     /// The landlock ruleset, built in the supervisor; applied last but seccomp.
     pub landlock: Option<crate::isolation::landlock::Prepared>,
+    /// The agent's environment, exactly (see [`super::environment`]).
+    pub env: Vec<CString>,
     /// How the agent reaches the network (`None`: the network is left alone).
     pub network_mode: Option<crate::policy::NetMode>,
     /// The seccomp filters, compiled in the supervisor; installed last.
@@ -246,11 +248,8 @@ pub fn run(plan: &mut ChildPlan, fds: ChildFds) -> ! {
     let Some(program) = plan.argv.first() else {
         fail(&errors, Stage::Exec, Errno::ENOENT);
     };
-    let result = if extra_env.is_empty() {
-        nix::unistd::execvp(program, &plan.argv)
-    } else {
-        nix::unistd::execvpe(program, &plan.argv, &environment_with(&extra_env))
-    };
+    let env = with_extra(&plan.env, &extra_env);
+    let result = nix::unistd::execvpe(program, &plan.argv, &env);
     let err = match result {
         Err(e) => e,
         Ok(never) => match never {},
@@ -291,23 +290,21 @@ fn read_exact(fd: &OwnedFd, buf: &mut [u8]) -> Result<bool, Errno> {
     Ok(true)
 }
 
-/// This process's environment with `extra` (`KEY=VALUE`) added, replacing
-/// variables of the same name.
-fn environment_with(extra: &[CString]) -> Vec<CString> {
-    use std::os::unix::ffi::OsStrExt;
-    let key = |entry: &[u8]| entry.split(|&b| b == b'=').next().map(<[u8]>::to_vec);
-    let replaced: Vec<Vec<u8>> = extra.iter().filter_map(|e| key(e.as_bytes())).collect();
-    let mut env: Vec<CString> = std::env::vars_os()
-        .filter(|(k, _)| !replaced.iter().any(|r| r.as_slice() == k.as_bytes()))
-        .filter_map(|(k, v)| {
-            let mut entry = k.as_bytes().to_vec();
-            entry.push(b'=');
-            entry.extend_from_slice(v.as_bytes());
-            CString::new(entry).ok()
-        })
+/// `env` with `extra` (`KEY=VALUE`) added, replacing variables of the
+/// same name.
+fn with_extra(env: &[CString], extra: &[CString]) -> Vec<CString> {
+    let key = |entry: &CString| {
+        let b = entry.as_bytes();
+        b[..b.iter().position(|&c| c == b'=').unwrap_or(b.len())].to_vec()
+    };
+    let replaced: Vec<Vec<u8>> = extra.iter().map(key).collect();
+    let mut out: Vec<CString> = env
+        .iter()
+        .filter(|e| !replaced.contains(&key(e)))
+        .cloned()
         .collect();
-    env.extend(extra.iter().cloned());
-    env
+    out.extend(extra.iter().cloned());
+    out
 }
 
 fn private_mounts(plan: &ChildPlan) -> Result<(), Errno> {

@@ -18,6 +18,7 @@ pub mod channel;
 mod child;
 pub mod console;
 pub mod containment;
+pub mod environment;
 mod init;
 pub mod journal;
 pub mod output;
@@ -335,6 +336,23 @@ fn run_session(
     }
 
     // 7. Go. The child reports a failed step (exit 125/126/127) or execs.
+    if let Some(r) = record.as_mut() {
+        let mut names: Vec<String> = plan
+            .env
+            .iter()
+            .map(|e| {
+                let b = e.as_bytes();
+                String::from_utf8_lossy(&b[..b.iter().position(|&c| c == b'=').unwrap_or(b.len())])
+                    .into_owned()
+            })
+            .collect();
+        if let Ok(Some(net)) = &network {
+            names.extend(net.env.iter().map(|(k, _)| k.clone()));
+        }
+        names.sort();
+        names.dedup();
+        r.meta.agent_env = names;
+    }
     let started_ok = network.and_then(|net| {
         let env = net.as_ref().map(|n| n.env.clone()).unwrap_or_default();
         pending.go(&env).map(|()| net).map_err(RunError::from)
@@ -598,7 +616,25 @@ fn child_plan(
             ),
         );
     }
+    let env_policy = environment::EnvPolicy {
+        clear: policy.env.clear || iso.level == crate::isolation::namespaces::Level::Strict,
+        ..policy.env.clone()
+    };
+    let base: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os().collect();
+    let env = environment::build(&base, &env_policy);
+    if env_policy.clear {
+        enforced(
+            enforcement,
+            "environment",
+            true,
+            format!(
+                "cleared: the agent gets only {}",
+                environment::names(&env).join(", ")
+            ),
+        );
+    }
     Ok(child::ChildPlan {
+        env: environment::to_cstrings(&env),
         network_mode,
         landlock,
         seccomp,
