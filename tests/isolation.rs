@@ -197,27 +197,60 @@ fn sigterm_handler_runs_at_teardown_in_a_pid_namespace() {
         return;
     }
     let h = Home::new();
+    let id_file = h.path().join("id");
     let script = "trap 'echo got TERM; exit 5' TERM; echo ready; while :; do sleep 0.05; done";
-    let o = h.run(&[
-        "run",
-        "-q",
-        "--isolation",
-        "standard",
-        "--max-runtime",
-        "1",
-        "--",
-        "sh",
-        "-c",
-        script,
-    ]);
-    assert_eq!(code(&o), 124);
+    let child = h
+        .cmd()
+        .args([
+            "run",
+            "-q",
+            "--isolation",
+            "standard",
+            "--session-id-file",
+            id_file.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // End the run only once the agent has set its trap (no timing guess:
+    // under emulation the setup alone can take a second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let ready = std::fs::read_to_string(&id_file).ok().is_some_and(|id| {
+            std::fs::read_to_string(h.sessions_dir().join(id.trim()).join("events.jsonl"))
+                .is_ok_and(|ev| ev.contains("\"line\":\"ready\""))
+        });
+        if ready {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never got ready"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(code(&o), 143, "{}", stderr(&o));
     assert!(stdout(&o).contains("got TERM"), "{}", stdout(&o));
     let events = h.events();
     let exited = events
         .iter()
         .find(|e| e["type"] == "process_exited")
         .unwrap();
-    assert_eq!(exited["exit_code"], 5);
+    assert_eq!(
+        exited["exit_code"], 5,
+        "the agent's own exit, reported by init"
+    );
 }
 
 #[test]

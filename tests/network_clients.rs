@@ -459,21 +459,31 @@ fn node_fetch_ignores_the_proxy_and_fails_fast() {
     let Some(node) = which("node") else {
         return skip(test, "node is not installed");
     };
+    if which("unshare").is_none() {
+        return skip(test, "unshare (util-linux) is missing");
+    }
     let up = Upstream::text("escaped");
     let h = Home::new();
     let port = up.port.to_string();
     // The name is allowed and resolvable by the proxy: only a client that
-    // bypasses the proxy could fail to reach it.
+    // bypasses the proxy could fail to reach it. Node looks the name up
+    // itself, so it runs under PRIVATE_RESOLVER (as `nobody`: see there).
     let resolve = format!("api.example.test:{port}:127.0.0.1");
     let t = Instant::now();
     let o = h.run(&[
         "run",
         "-q",
+        "--user",
+        "nobody",
         "--allow-domain",
         "api.example.test",
         "--resolve",
         &resolve,
         "--",
+        "sh",
+        "-c",
+        PRIVATE_RESOLVER,
+        "sh",
         "env",
         "-u",
         "NODE_USE_ENV_PROXY",
@@ -485,6 +495,10 @@ fn node_fetch_ignores_the_proxy_and_fails_fast() {
     let took = t.elapsed();
     assert_eq!(code(&o), 0, "{}\n{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
+    if out.trim() == "no-userns" {
+        return skip(test, "the agent cannot make a user namespace here");
+    }
+    assert_eq!(line(&out, "resolvers "), "resolvers 2", "{out}");
     for name in ["loopback", "named"] {
         let l = line(&out, &format!("{name} "));
         let fields: Vec<&str> = l.split(' ').collect();
@@ -495,6 +509,11 @@ fn node_fetch_ignores_the_proxy_and_fails_fast() {
     // In the namespace 127.0.0.1 is its own loopback (refused) and there is
     // no resolver for the name.
     assert!(line(&out, "loopback ").contains("ECONNREFUSED"), "{out}");
+    let named = line(&out, "named ");
+    assert!(
+        named.contains("EAI_AGAIN") || named.contains("ENOTFOUND"),
+        "{out}"
+    );
     assert!(took < Duration::from_secs(15), "the run took {took:?}");
     assert_eq!(up.connections.load(Ordering::SeqCst), 0, "node escaped");
     assert!(net_requests(&h).is_empty(), "node never used the proxy");
@@ -525,23 +544,34 @@ for name, addr in (("proxy_host", (proxy_host, 53)), ("loopback", ("127.0.0.1", 
 print("proxy", proxy_host)
 "#;
 
-/// `getent hosts` with a resolv.conf naming only 127.0.0.1 and the proxy's
-/// host address (bind-mounted in a user+mount namespace, so the libc
-/// resolver never tries the host's configured nameserver).
-const GETENT_SCRIPT: &str = r#"
+/// Runs "$@" (as `sh -c PRIVATE_RESOLVER sh CMD...`) with a resolv.conf that
+/// names only 127.0.0.1 and the proxy's host address, bind-mounted in a user
+/// and mount namespace of the agent's own (its network namespace stays the
+/// run's). So a libc lookup inside never tries the host's configured
+/// nameserver: no address but the run's own is ever a target. Prints
+/// `no-userns` when the agent cannot make a user namespace.
+const PRIVATE_RESOLVER: &str = r#"
 P=${HTTP_PROXY#http://}; PH=${P%:*}
 if ! unshare -Urm true 2>/dev/null; then echo "no-userns"; exit 0; fi
 conf=$(mktemp) || exit 3
 printf 'nameserver 127.0.0.1\nnameserver %s\n' "$PH" > "$conf"
 chmod 644 "$conf"
 unshare -Urm sh -c '
-  mount --bind "$1" /etc/resolv.conf || exit 4
+  conf=$1; shift
+  mount --bind "$conf" /etc/resolv.conf || exit 4
   echo "resolvers $(grep -c "^nameserver" /etc/resolv.conf)"
-  getent hosts localhost >/dev/null && echo "files ok"
-  t0=$(date +%s%N); getent hosts example.com; rc=$?; t1=$(date +%s%N)
-  echo "getent $rc $(( (t1 - t0) / 1000000 ))"
-' sh "$conf"
+  "$@"
+' sh "$conf" "$@"
+rc=$?
 rm -f "$conf"
+exit $rc
+"#;
+
+/// `getent hosts` for a name (DNS) and for localhost (files), timed.
+const GETENT_SCRIPT: &str = r#"
+getent hosts localhost >/dev/null && echo "files ok"
+t0=$(date +%s%N); getent hosts example.com; rc=$?; t1=$(date +%s%N)
+echo "getent $rc $(( (t1 - t0) / 1000000 ))"
 "#;
 
 #[test]
@@ -594,6 +624,10 @@ fn dns_from_inside_gets_no_answer_and_fails_fast() {
         "--",
         "sh",
         "-c",
+        PRIVATE_RESOLVER,
+        "sh",
+        "sh",
+        "-c",
         GETENT_SCRIPT,
     ]);
     assert_eq!(code(&o), 0, "{}\n{}", stdout(&o), stderr(&o));
@@ -612,6 +646,64 @@ fn dns_from_inside_gets_no_answer_and_fails_fast() {
     let ms: u64 = fields[2].parse().unwrap();
     assert!(ms < 3000, "getent took {ms} ms: a resolver timed out");
     assert_eq!(h.session_json()["total_requests"], 0);
+}
+
+/// A listener on 127.0.0.1:443 that keeps the first bytes of every
+/// connection and closes it (no TLS: a client's handshake then fails).
+struct Port443 {
+    hellos: Arc<Mutex<Vec<Vec<u8>>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Port443 {
+    fn listen() -> std::io::Result<Self> {
+        let l = TcpListener::bind("127.0.0.1:443")?;
+        let hellos = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (h, st) = (Arc::clone(&hellos), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            for conn in l.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 16];
+                let n = conn.read(&mut buf).unwrap_or(0);
+                h.lock().unwrap().push(buf[..n].to_vec());
+            }
+        });
+        Ok(Self {
+            hellos,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Closes the listener (wakes its accept, joins the thread) and returns
+    /// what it got.
+    fn stop(mut self) -> Vec<Vec<u8>> {
+        self.close();
+        self.hellos.lock().unwrap().clone()
+    }
+
+    fn close(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.store(true, Ordering::SeqCst);
+            let _ = TcpStream::connect_timeout(
+                &"127.0.0.1:443".parse().unwrap(),
+                Duration::from_secs(2),
+            );
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Port443 {
+    fn drop(&mut self) {
+        self.close();
+    }
 }
 
 /// A raw CONNECT to a host that is not allowed; prints the status line and
@@ -663,29 +755,25 @@ fn connect_checks_sni_and_allowlist() {
     };
     // CONNECT dials port 443 of the vetted address: if 127.0.0.1:443 is free,
     // listen there to see what the proxy forwards (only the matching SNI may
-    // get through). Otherwise check the records alone.
-    let hellos: Arc<Mutex<Vec<Vec<u8>>>> = Arc::new(Mutex::new(Vec::new()));
-    let listening = match TcpListener::bind("127.0.0.1:443") {
-        Ok(l) => {
-            let hellos = Arc::clone(&hellos);
-            std::thread::spawn(move || {
-                for conn in l.incoming() {
-                    let Ok(mut conn) = conn else { continue };
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                    let mut buf = [0u8; 16];
-                    let n = conn.read(&mut buf).unwrap_or(0);
-                    hellos.lock().unwrap().push(buf[..n].to_vec());
-                    // Closing makes the client's handshake fail: no TLS here.
-                }
-            });
-            true
-        }
+    // get through). Otherwise check the records alone. Test processes take
+    // turns (a lock), so one never sees another's tunnels.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("vallignus-test-port443.lock"))
+        .unwrap();
+    let _turn = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    let port443 = match Port443::listen() {
+        Ok(l) => Some(l),
         Err(e) => {
             skip(
                 test,
                 &format!("127.0.0.1:443 busy ({e}): not checking what reaches the upstream"),
             );
-            false
+            None
         }
     };
     let h = Home::new();
@@ -749,10 +837,10 @@ fn connect_checks_sni_and_allowlist() {
         assert_eq!(r["status"], 403);
         assert!(r["resolved"].is_null(), "a denied host is not resolved");
     }
-    if listening {
+    if let Some(port443) = port443 {
         // Exactly one tunnel reached the upstream: the matching SNI's, and
         // what it got first was the client's TLS handshake record.
-        let hellos = hellos.lock().unwrap().clone();
+        let hellos = port443.stop();
         assert_eq!(hellos.len(), 1, "{hellos:?}");
         assert_eq!(hellos[0].first(), Some(&0x16), "{hellos:?}");
         assert_eq!(matched["decision"], "allow");
@@ -765,7 +853,9 @@ fn connect_checks_sni_and_allowlist() {
 }
 
 /// Waits (bounded) until the other run's agent is up, then makes `own`
-/// requests to its own host and one to the other run's host.
+/// requests to its own host and one to the other run's host, then stays
+/// until the other run is done with its requests too (so both proxies are up
+/// and counting at the same time).
 fn concurrent_script(me: &str, other: &str, own: usize, port_me: u16, port_other: u16) -> String {
     format!(
         "touch \"$SYNC/{me}\"; i=0; \
@@ -773,8 +863,9 @@ fn concurrent_script(me: &str, other: &str, own: usize, port_me: u16, port_other
          [ -e \"$SYNC/{other}\" ] && echo together; \
          for n in $(seq {own}); do curl -s -m 10 http://{me}.test:{port_me}/; echo; done; \
          curl -s -m 10 -o /dev/null -w 'other %{{http_code}}\\n' http://{other}.test:{port_other}/; \
+         touch \"$SYNC/{me}.done\"; \
          i=0; while [ ! -e \"$SYNC/{other}.done\" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; \
-         touch \"$SYNC/{me}.done\""
+         [ -e \"$SYNC/{other}.done\" ] && echo overlapped"
     )
 }
 
@@ -840,6 +931,7 @@ fn concurrent_runs_have_their_own_network_and_counters() {
         );
         assert!(!out.contains(&format!("from-{other}")), "{me}: {out}");
         assert_eq!(line(&out, "other "), "other 403", "{me}: {out}");
+        assert!(out.ends_with("overlapped\n"), "{me}: {out}");
 
         let s = h.session_json();
         assert_eq!(s["allowed_requests"], own, "{me}");
