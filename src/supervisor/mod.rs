@@ -486,6 +486,20 @@ fn start_network(
     }
     let handle = netns::setup_run(session_id, netns::NsTarget::Pidfd(pending.pidfd.as_fd()))
         .map_err(|e| err("cannot set up the network namespace", &e))?;
+    // Each proxied connection costs two fds (client and upstream): raise
+    // the supervisor's soft limit (after the fork, so the agent keeps its own).
+    if let Ok((soft, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let want = hard.min(65_536);
+        if soft < want {
+            let _ = nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_NOFILE,
+                want,
+                hard,
+            );
+        }
+    }
     let addr = handle.proxy_addr();
     let listener = std::net::TcpListener::bind(addr)
         .map_err(|e| err(&format!("the proxy cannot listen on {addr}"), &e))?;
