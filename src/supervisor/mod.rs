@@ -501,8 +501,8 @@ fn start_network(
         }
     }
     let addr = handle.proxy_addr();
-    let listener = std::net::TcpListener::bind(addr)
-        .map_err(|e| err(&format!("the proxy cannot listen on {addr}"), &e))?;
+    let listener =
+        listen(addr).map_err(|e| err(&format!("the proxy cannot listen on {addr}"), &e))?;
     let mut cfg = proxy::ProxyConfig::new(decide_policy);
     cfg.max_requests = req.max_requests;
     let proxy = proxy::start(listener, cfg).map_err(|e| err("the proxy cannot start", &e))?;
@@ -530,6 +530,27 @@ fn start_network(
         ),
     );
     Ok(Network { handle, proxy, env })
+}
+
+/// A listening socket with a deep accept queue: std's 128 overflows when an
+/// agent opens hundreds of connections at once (dropped SYNs are retried
+/// only after a second).
+fn listen(addr: std::net::SocketAddrV4) -> std::io::Result<std::net::TcpListener> {
+    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
+    let fd = socket::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::setsockopt(&fd, socket::sockopt::ReuseAddr, &true)?;
+    socket::bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(addr),
+    )?;
+    let backlog = Backlog::new(4096).unwrap_or(Backlog::MAXCONN);
+    socket::listen(&fd, backlog)?;
+    Ok(std::net::TcpListener::from(fd))
 }
 
 /// Stop the proxy, record its last requests and counters, remove the veth
