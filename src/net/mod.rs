@@ -10,3 +10,4 @@
 pub mod decide;
 pub mod netns;
 pub mod proxy;
+pub mod spend;
