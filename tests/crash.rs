@@ -7,23 +7,9 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
-
-fn wait_for_started(h: &Home, id_file: &std::path::Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(id) = std::fs::read_to_string(id_file) {
-            let ev = h.sessions_dir().join(id.trim()).join("events.jsonl");
-            if std::fs::read_to_string(ev).is_ok_and(|s| s.contains("process_started")) {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "the run did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 #[test]
 fn sigkilled_supervisor_is_cleaned_up_by_the_next_start() {
@@ -51,7 +37,7 @@ fn sigkilled_supervisor_is_cleaned_up_by_the_next_start() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for_started(&h, &id_file);
+    wait_for_event(&h, &id_file, "process_started");
     let s = h.session_json();
     let cgroup = std::path::PathBuf::from(s["supervisor"]["cgroup"].as_str().unwrap());
     assert!(cgroup.exists());

@@ -219,21 +219,7 @@ fn sigterm_handler_runs_at_teardown_in_a_pid_namespace() {
         .unwrap();
     // End the run only once the agent has set its trap (no timing guess:
     // under emulation the setup alone can take a second).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let ready = std::fs::read_to_string(&id_file).ok().is_some_and(|id| {
-            std::fs::read_to_string(h.sessions_dir().join(id.trim()).join("events.jsonl"))
-                .is_ok_and(|ev| ev.contains("\"line\":\"ready\""))
-        });
-        if ready {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent never got ready"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_for_event(&h, &id_file, "\"line\":\"ready\"");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -440,20 +440,6 @@ fn fork_loop_is_contained() {
     assert_none_left(&m);
 }
 
-fn wait_for_started(h: &Home, id_file: &std::path::Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(id) = std::fs::read_to_string(id_file) {
-            let ev = h.sessions_dir().join(id.trim()).join("events.jsonl");
-            if std::fs::read_to_string(ev).is_ok_and(|s| s.contains("process_started")) {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "the run did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn sigint_to_vallignus_ends_the_run() {
     require_cgroups!("sigint_to_vallignus_ends_the_run");
@@ -478,7 +464,7 @@ fn sigint_to_vallignus_ends_the_run() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for_started(&h, &id_file);
+    wait_for_event(&h, &id_file, "process_started");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::SIGINT,

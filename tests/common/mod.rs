@@ -271,3 +271,24 @@ impl Home {
         (code, messages)
     }
 }
+
+/// Wait until the run whose id `vallignus run --session-id-file` wrote to
+/// `id_file` has `needle` in its events.jsonl (e.g. `process_started`, or
+/// an output line): lets a test act once the agent is where it wants it,
+/// without guessing a delay.
+pub fn wait_for_event(h: &Home, id_file: &Path, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(id) = std::fs::read_to_string(id_file) {
+            let ev = h.sessions_dir().join(id.trim()).join("events.jsonl");
+            if std::fs::read_to_string(ev).is_ok_and(|s| s.contains(needle)) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run never recorded {needle:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
