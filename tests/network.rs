@@ -201,3 +201,78 @@ fn net_none_and_host_modes() {
     let o = h.run(&["run", "-q", "--allow-domain", "*.", "--", "true"]);
     assert_eq!(code(&o), 125);
 }
+
+#[test]
+fn when_the_proxy_is_gone_the_agent_has_no_network() {
+    if !network_available("when_the_proxy_is_gone_the_agent_has_no_network") {
+        return;
+    }
+    let port = upstream();
+    let h = Home::new();
+    let id_file = h.path().join("id");
+    let go = h.path().join("go");
+    let resolve = format!("api.example.test:{port}:127.0.0.1");
+    // The agent: one request through the proxy, then it says where the
+    // proxy is and waits until the test has killed the proxy's socket.
+    let script = format!(
+        "curl -s -m 5 -o /dev/null -w 'first %{{http_code}}\\n' http://api.example.test:{port}/; \
+         echo \"ready $HTTP_PROXY\"; \
+         i=0; while [ ! -e {go} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; \
+         curl -s -m 5 -o /dev/null -w 'second %{{http_code}}\\n' http://api.example.test:{port}/; \
+         curl -s -m 5 --noproxy '*' -o /dev/null -w 'direct %{{http_code}}\\n' http://127.0.0.1:{port}/",
+        go = go.display()
+    );
+    let child = h
+        .cmd()
+        .args([
+            "run",
+            "-q",
+            "--allow-domain",
+            "api.example.test",
+            "--resolve",
+            &resolve,
+            "--session-id-file",
+            id_file.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .current_dir(h.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_event(&h, &id_file, "ready http://");
+    let id = std::fs::read_to_string(&id_file).unwrap();
+    let events =
+        std::fs::read_to_string(h.sessions_dir().join(id.trim()).join("events.jsonl")).unwrap();
+    let proxy = events
+        .split("ready http://")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    // Kill the proxy's listening socket from outside (SOCK_DESTROY), as if
+    // the proxy had died: nothing listens at its address any more.
+    let ss = std::process::Command::new("ss")
+        .args(["-K", "-t", "state", "listening", "src", &proxy])
+        .output()
+        .unwrap();
+    assert!(
+        ss.status.success(),
+        "ss -K: {}",
+        String::from_utf8_lossy(&ss.stderr)
+    );
+    std::fs::write(&go, "").unwrap();
+    let o = child.wait_with_output().unwrap();
+    // The agent's status is its last curl's: 7, "failed to connect".
+    assert_eq!(code(&o), 7, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("first 200"), "{out}");
+    assert!(
+        out.contains("second 000"),
+        "the agent still had network: {out}"
+    );
+    assert!(out.contains("direct 000"), "{out}");
+}
