@@ -9,12 +9,10 @@
 //! file, line and key), 2 usage error.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
 use crate::policy::file::{self, EffectivePolicy, FlagOverrides};
-use crate::policy::units::{parse_count, parse_duration, parse_size};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -42,21 +40,9 @@ pub struct ShowArgs {
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
 
-    /// As `run --max-runtime` (0 = no cap, even if the policy file sets one).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    max_runtime: Option<Duration>,
-
-    /// As `run --max-output-lines`.
-    #[arg(long, value_name = "N", value_parser = parse_count)]
-    max_output_lines: Option<u64>,
-
-    /// As `run --max-output-bytes`.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    max_output_bytes: Option<u64>,
-
-    /// As `run --max-requests`.
-    #[arg(long, value_name = "N", value_parser = parse_count)]
-    max_requests: Option<u64>,
+    /// The caps, as `run` takes them (0 = no cap, even if the policy file sets one).
+    #[command(flatten)]
+    caps: super::run::CapFlags,
 
     /// Apply this token's policy on top (it can only narrow), as `run --token` does.
     #[arg(
@@ -114,12 +100,7 @@ fn show(args: &ShowArgs) -> Result<(), PolicyCliError> {
         Some(p) => eprintln!("vallignus: policy file: {}", p.source.display()),
         None => eprintln!("vallignus: no policy file: built-in defaults and flags only"),
     }
-    let flags = FlagOverrides {
-        max_runtime: args.max_runtime,
-        max_output_lines: args.max_output_lines,
-        max_output_bytes: args.max_output_bytes,
-        max_requests: args.max_requests,
-    };
+    let flags = args.caps.overrides();
     let mut effective = file::resolve(policy.as_ref(), &flags);
     if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
         narrow_by_token(&mut effective, token)?;
@@ -136,15 +117,12 @@ fn narrow_by_token(p: &mut EffectivePolicy, token: &str) -> Result<(), PolicyCli
     let v = crate::auth::verify_for_run(&home, token, std::time::SystemTime::now())
         .map_err(|e| PolicyCliError::Token(e.to_string()))?;
     let tp = &v.policy;
-    let nz = |n: Option<u64>| n.filter(|v| *v > 0);
-    p.max_runtime = narrow(
-        p.max_runtime,
-        nz(tp.max_runtime_secs).map(Duration::from_secs),
-    );
-    p.max_output_lines = narrow(p.max_output_lines, nz(tp.max_output_lines));
-    p.max_output_bytes = narrow(p.max_output_bytes, nz(tp.max_output_bytes));
-    p.network.max_requests = narrow(p.network.max_requests, nz(tp.max_requests));
-    p.network.max_spend_usd = narrow(p.network.max_spend_usd, tp.max_spend_usd);
+    let caps = crate::policy::TokenCaps::of(tp);
+    p.max_runtime = narrow(p.max_runtime, caps.max_runtime);
+    p.max_output_lines = narrow(p.max_output_lines, caps.max_output_lines);
+    p.max_output_bytes = narrow(p.max_output_bytes, caps.max_output_bytes);
+    p.network.max_requests = narrow(p.network.max_requests, caps.max_requests);
+    p.network.max_spend_usd = narrow(p.network.max_spend_usd, caps.max_spend_usd);
     for d in &tp.allowed_domains {
         let pattern = crate::policy::domain::DomainPattern::parse(d)
             .map_err(|e| PolicyCliError::Token(format!("the token's domain {d:?}: {e}")))?;

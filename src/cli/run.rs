@@ -12,19 +12,43 @@ use crate::policy::{narrow, nonzero, RunPolicy};
 use crate::supervisor;
 use crate::supervisor::environment;
 
-#[derive(Debug, Args)]
-pub struct RunArgs {
+/// The caps shared by `run` and `policy show`, as given (`None`: not given,
+/// so the policy file or the default decides; `Some(0)`: no cap).
+#[derive(Debug, Clone, Args)]
+pub struct CapFlags {
     /// End the run after this long (seconds, or 500ms, 30s, 5m, 1h; 0 = no cap).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    max_runtime: Option<std::time::Duration>,
+    pub max_runtime: Option<std::time::Duration>,
 
     /// End the run when stdout+stderr reach this many lines (0 = no cap).
     #[arg(long, value_name = "N", value_parser = parse_count)]
-    max_output_lines: Option<u64>,
+    pub max_output_lines: Option<u64>,
 
     /// End the run when stdout+stderr reach this many bytes (1048576, 512K, 50MB; 0 = no cap).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    max_output_bytes: Option<u64>,
+    pub max_output_bytes: Option<u64>,
+
+    /// Cap on HTTP requests through the policy proxy (0 = no cap).
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub max_requests: Option<u64>,
+}
+
+impl CapFlags {
+    /// For the precedence defaults < policy file < flags.
+    pub fn overrides(&self) -> crate::policy::file::FlagOverrides {
+        crate::policy::file::FlagOverrides {
+            max_runtime: self.max_runtime,
+            max_output_lines: self.max_output_lines,
+            max_output_bytes: self.max_output_bytes,
+            max_requests: self.max_requests,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    caps: CapFlags,
 
     /// Memory cap of the run (cgroup memory.max): 512M, 2G, bytes. An OOM kill ends the run.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -122,10 +146,6 @@ pub struct RunArgs {
     #[arg(long, value_name = "URL")]
     alert_webhook: Option<String>,
 
-    /// Cap on HTTP requests through the policy proxy (0 = no cap).
-    #[arg(long, value_name = "N", value_parser = parse_count)]
-    max_requests: Option<u64>,
-
     /// Signed token that selects the agent's policy.
     #[arg(
         long,
@@ -187,10 +207,10 @@ fn parse_cpus(s: &str) -> Result<(u64, u64), String> {
 impl RunArgs {
     fn policy(&self) -> RunPolicy {
         RunPolicy {
-            max_runtime: self.max_runtime.filter(|d| !d.is_zero()),
-            max_output_lines: self.max_output_lines.and_then(nonzero),
-            max_output_bytes: self.max_output_bytes.and_then(nonzero),
-            max_requests: self.max_requests.and_then(nonzero),
+            max_runtime: self.caps.max_runtime.filter(|d| !d.is_zero()),
+            max_output_lines: self.caps.max_output_lines.and_then(nonzero),
+            max_output_bytes: self.caps.max_output_bytes.and_then(nonzero),
+            max_requests: self.caps.max_requests.and_then(nonzero),
             cgroup: cgroup::Limits {
                 memory_max: self.memory_max.and_then(nonzero),
                 // 0 is meaningful here: no swap at all.
@@ -260,20 +280,12 @@ pub fn execute(args: RunArgs) -> u8 {
 /// flags, then narrowed by the token. Everything is validated here, before
 /// anything touches the system.
 fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
-    use crate::policy::file::{self, FlagOverrides, SecurityLevel, User};
+    use crate::policy::file::{self, SecurityLevel, User};
     let mut p = args.policy();
 
     // The policy file, under the flags.
     let pf = file::load_for_run(args.policy.as_deref()).map_err(|e| e.to_string())?;
-    let eff = file::resolve(
-        pf.as_ref(),
-        &FlagOverrides {
-            max_runtime: args.max_runtime,
-            max_output_lines: args.max_output_lines,
-            max_output_bytes: args.max_output_bytes,
-            max_requests: args.max_requests,
-        },
-    );
+    let eff = file::resolve(pf.as_ref(), &args.caps.overrides());
     p.max_runtime = eff.max_runtime;
     p.max_output_lines = eff.max_output_lines;
     p.max_output_bytes = eff.max_output_bytes;
@@ -334,20 +346,16 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
         let v = crate::auth::verify_for_run(&home, token, std::time::SystemTime::now())
             .map_err(|e| format!("--token: {e}"))?;
         let tp = &v.policy;
-        p.max_runtime = narrow(
-            p.max_runtime,
-            tp.max_runtime_secs
-                .filter(|s| *s > 0)
-                .map(std::time::Duration::from_secs),
-        );
-        p.max_output_lines = narrow(p.max_output_lines, tp.max_output_lines.and_then(nonzero));
-        p.max_output_bytes = narrow(p.max_output_bytes, tp.max_output_bytes.and_then(nonzero));
-        p.max_requests = narrow(p.max_requests, tp.max_requests.and_then(nonzero));
+        let caps = crate::policy::TokenCaps::of(tp);
+        p.max_runtime = narrow(p.max_runtime, caps.max_runtime);
+        p.max_output_lines = narrow(p.max_output_lines, caps.max_output_lines);
+        p.max_output_bytes = narrow(p.max_output_bytes, caps.max_output_bytes);
+        p.max_requests = narrow(p.max_requests, caps.max_requests);
         let rules = p.network.get_or_insert_with(Default::default);
         rules
             .allow_domains
             .extend(tp.allowed_domains.iter().cloned());
-        rules.max_spend_usd = narrow(rules.max_spend_usd, tp.max_spend_usd);
+        rules.max_spend_usd = narrow(rules.max_spend_usd, caps.max_spend_usd);
         rules.sources.push(format!(
             "token {} (policy {} v{})",
             v.jti, tp.policy_id, tp.version

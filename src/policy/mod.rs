@@ -122,6 +122,32 @@ pub struct TokenIdentity {
     pub kid: String,
 }
 
+/// The caps of a token's policy version, in the form [`narrow`] takes
+/// (0 in the store means "no cap", as on the command line).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenCaps {
+    pub max_runtime: Option<Duration>,
+    pub max_output_lines: Option<u64>,
+    pub max_output_bytes: Option<u64>,
+    pub max_requests: Option<u64>,
+    pub max_spend_usd: Option<f64>,
+}
+
+impl TokenCaps {
+    pub fn of(p: &crate::auth::policy::PolicyVersion) -> Self {
+        Self {
+            max_runtime: p
+                .max_runtime_secs
+                .and_then(nonzero)
+                .map(Duration::from_secs),
+            max_output_lines: p.max_output_lines.and_then(nonzero),
+            max_output_bytes: p.max_output_bytes.and_then(nonzero),
+            max_requests: p.max_requests.and_then(nonzero),
+            max_spend_usd: p.max_spend_usd,
+        }
+    }
+}
+
 /// The smaller of two optional caps (`None` = no cap): a token can only narrow.
 pub fn narrow<T: PartialOrd + Copy>(current: Option<T>, token: Option<T>) -> Option<T> {
     match (current, token) {
