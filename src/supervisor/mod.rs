@@ -245,6 +245,11 @@ fn run_session(
             .unwrap_or_default(),
     });
 
+    // The child's plan (user, namespaces, landlock ruleset, seccomp filters,
+    // environment) is checked and built before anything is created, so a
+    // bad --rw or profile leaves no cgroup behind.
+    let mut plan = child_plan(command, policy, enforcement)?;
+
     // 5. Containment: the run's own cgroup with its controller limits, or
     //    (best effort) a process group.
     let limits = &policy.cgroup;
@@ -291,27 +296,40 @@ fn run_session(
     };
     if let Some(r) = record.as_mut() {
         r.meta.enforcement = enforcement.clone();
-        r.save()?;
+        if let Err(e) = r.save() {
+            if let Some(cg) = containment {
+                remove_containment(Containment::Cgroup(cg), policy);
+            }
+            return Err(e.into());
+        }
     }
 
     // 6. Fork into the cgroup and the namespaces; the child waits for "go".
-    let mut plan = child_plan(command, policy, enforcement)?;
     if let Some(r) = record.as_mut() {
         r.meta.enforcement = enforcement.clone();
     }
-    let pending =
-        spawn::fork(&mut plan, containment.as_ref().map(Cgroup::dir_fd)).map_err(|e| match e {
-            SpawnError::Fork(err) if plan.namespaces.any() => RunError::Unsupported(format!(
-                "cannot create the namespaces {} for the agent: {err}{}",
-                plan.namespaces,
-                if plan.namespaces.user {
-                    " (are unprivileged user namespaces allowed? see `vallignus doctor`)"
-                } else {
-                    ""
-                }
-            )),
-            other => other.into(),
-        })?;
+    let forked = spawn::fork(&mut plan, containment.as_ref().map(Cgroup::dir_fd));
+    let pending = match forked {
+        Ok(p) => p,
+        Err(e) => {
+            // Nothing was started: the cgroup must not outlive this error.
+            if let Some(cg) = containment {
+                remove_containment(Containment::Cgroup(cg), policy);
+            }
+            return Err(match e {
+                SpawnError::Fork(err) if plan.namespaces.any() => RunError::Unsupported(format!(
+                    "cannot create the namespaces {} for the agent: {err}{}",
+                    plan.namespaces,
+                    if plan.namespaces.user {
+                        " (are unprivileged user namespaces allowed? see `vallignus doctor`)"
+                    } else {
+                        ""
+                    }
+                )),
+                other => other.into(),
+            });
+        }
+    };
     let containment = match containment {
         Some(cg) => Containment::Cgroup(cg),
         None => Containment::ProcessGroup { pgid: pending.pid },
