@@ -276,3 +276,63 @@ fn when_the_proxy_is_gone_the_agent_has_no_network() {
     );
     assert!(out.contains("direct 000"), "{out}");
 }
+
+#[test]
+fn connect_ports_other_than_443_need_a_flag() {
+    if !network_available("connect_ports_other_than_443_need_a_flag") {
+        return;
+    }
+    let port = upstream();
+    let resolve = format!("api.example.test:{port}:127.0.0.1");
+    let script =
+        format!("curl -s -m 5 -o /dev/null https://api.example.test:{port}/; echo curl=$?");
+    let connects = |h: &Home| -> Vec<serde_json::Value> {
+        h.events()
+            .into_iter()
+            .filter(|e| e["type"] == "net_request" && e["method"] == "CONNECT")
+            .collect()
+    };
+    let h = Home::new();
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--allow-domain",
+        "api.example.test",
+        "--resolve",
+        &resolve,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let c = connects(&h);
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(c[0]["reason"], "port_not_allowed");
+
+    let h = Home::new();
+    let port_s = port.to_string();
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--allow-domain",
+        "api.example.test",
+        "--resolve",
+        &resolve,
+        "--connect-port",
+        &port_s,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let c = connects(&h);
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(c[0]["decision"], "allow", "{c:?}");
+    assert_eq!(c[0]["sni"], "api.example.test");
+    assert!(h.session_json()["enforcement"]["network"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("CONNECT ports {port}")));
+}

@@ -128,6 +128,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DOMAIN")]
     deny_domain: Vec<String>,
 
+    /// Let CONNECT tunnels reach this port (default: 443 only); the TLS SNI check still
+    /// applies. Repeatable.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    connect_port: Vec<u16>,
+
     /// Map HOST:PORT to ADDR for the proxy, as curl's --resolve (an address given this way
     /// counts as named by a rule). Repeatable.
     #[arg(long, value_name = "HOST:PORT:ADDR", value_parser = parse_resolve)]
@@ -374,8 +379,15 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
         rules.max_requests = Some(n);
         rules.sources.push("--max-requests".into());
     }
-    if !args.allow_domain.is_empty() || !args.deny_domain.is_empty() || !args.resolve.is_empty() {
+    if !args.allow_domain.is_empty()
+        || !args.deny_domain.is_empty()
+        || !args.resolve.is_empty()
+        || !args.connect_port.is_empty()
+    {
         let rules = p.network.get_or_insert_with(Default::default);
+        rules
+            .connect_ports
+            .extend(args.connect_port.iter().copied());
         rules
             .allow_domains
             .extend(args.allow_domain.iter().cloned());

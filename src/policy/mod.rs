@@ -103,6 +103,8 @@ pub struct NetworkRequest {
     pub mode: NetMode,
     /// `--resolve HOST:PORT:ADDR` entries (curl's syntax), validated.
     pub resolve: Vec<String>,
+    /// `--connect-port`: ports CONNECT may reach (empty: 443 only).
+    pub connect_ports: Vec<u16>,
     pub allow_domains: Vec<String>,
     pub deny_domains: Vec<String>,
     pub max_requests: Option<u64>,

@@ -493,7 +493,7 @@ fn start_network(
         .map(|r| r.parse::<decide::ResolveOverride>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| err("--resolve", &e))?;
-    let decide_policy = decide::Policy::new(rules, resolve, Vec::new(), Vec::new())
+    let decide_policy = decide::Policy::new(rules, resolve, req.connect_ports.clone(), Vec::new())
         .map_err(|e| err("rules", &e))?;
     // Veths and nft tables of supervisors that died (runs without a proxy
     // do not pay for this check: it costs an nft process).
@@ -539,12 +539,20 @@ fn start_network(
         "network",
         true,
         format!(
-            "proxy at {addr} (veth {} <-> {} in the agent's namespace, no other route; nft rejects everything else); allow [{}], deny [{}]{}",
+            "proxy at {addr} (veth {} <-> {} in the agent's namespace, no other route; nft rejects everything else); allow [{}], deny [{}]{}{}",
             plan.host_if,
             plan.agent_addr,
             req.allow_domains.join(", "),
             req.deny_domains.join(", "),
-            req.max_requests.map_or(String::new(), |n| format!(", max_requests {n}"))
+            req.max_requests.map_or(String::new(), |n| format!(", max_requests {n}")),
+            if req.connect_ports.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", CONNECT ports {}",
+                    req.connect_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+                )
+            }
         ),
     );
     Ok(Network { handle, proxy, env })
