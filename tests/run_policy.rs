@@ -347,3 +347,60 @@ fn policy_show_applies_the_token() {
     assert_ne!(code(&o), 0);
     assert!(stderr(&o).contains("--token"), "{}", stderr(&o));
 }
+
+#[test]
+fn policy_file_environment_policy() {
+    if !cgroups_available("policy_file_environment_policy") {
+        return;
+    }
+    let h = Home::new();
+    let pf = policy_file(
+        &h,
+        "security_context:\n  clear_env: true\n  env: [KEEP_ME, MODE=file, OTHER=file]\n",
+    );
+    let o = h
+        .cmd()
+        .env("OPENAI_API_KEY", "sk-policy-secret")
+        .env("KEEP_ME", "kept")
+        .args([
+            "run",
+            "-q",
+            "--policy",
+            &pf,
+            "--env",
+            "MODE=flag",
+            "--",
+            "sh",
+            "-c",
+            "env | sort",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(!out.contains("sk-policy-secret"), "{out}");
+    assert!(out.contains("KEEP_ME=kept\n"), "{out}");
+    assert!(
+        out.contains("MODE=flag\n"),
+        "the flag wins over the file: {out}"
+    );
+    assert!(out.contains("OTHER=file\n"), "{out}");
+
+    let bad = h.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "security_context:\n  env:\n    - GOOD\n    - 1BAD=x\n",
+    )
+    .unwrap();
+    let o = h.run(&["run", "--policy", bad.to_str().unwrap(), "--", "true"]);
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("line 4"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("security_context.env[1]"),
+        "{}",
+        stderr(&o)
+    );
+    let o = h.run(&["policy", "check", &pf]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stdout(&o).contains("clear_env: true"), "{}", stdout(&o));
+}

@@ -318,6 +318,19 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
                 };
             }
         }
+        // The file's environment policy, under the flags (--env of the same
+        // name wins because it is applied after).
+        for (k, v) in &f.security_context.env {
+            match v {
+                Some(v) => {
+                    if !p.env.set.iter().any(|(fk, _)| fk == k) {
+                        p.env.set.insert(0, (k.clone(), v.clone()));
+                    }
+                }
+                None => p.env.pass.push(k.clone()),
+            }
+        }
+        p.env.clear |= f.security_context.clear_env.unwrap_or(false);
         if p.isolation.run_as.is_none() {
             if let Some(u) = &f.security_context.user {
                 let spec = match u {

@@ -217,6 +217,10 @@ impl ViolationAction {
 pub struct SecurityContext {
     pub level: Option<SecurityLevel>,
     pub user: Option<User>,
+    /// `env: [KEY, KEY=VALUE]`: as `run --env`.
+    pub env: Vec<(String, Option<String>)>,
+    /// `clear_env: true`: as `run --clear-env`.
+    pub clear_env: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -349,6 +353,10 @@ struct RawSecurity {
     level: Leaf,
     #[serde(default)]
     user: Leaf,
+    #[serde(default)]
+    env: Option<Vec<Spanned<Scalar>>>,
+    #[serde(default)]
+    clear_env: Leaf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -530,6 +538,13 @@ impl Validator<'_> {
                     })
                 })?,
                 user: self.opt(security.user, "security_context.user", |v, k| self.user(v, k))?,
+                env: self.env_list(security.env, "security_context.env")?,
+                clear_env: self.opt(security.clear_env, "security_context.clear_env", |v, k| {
+                    match v.value {
+                        Scalar::Bool(b) => Ok(b),
+                        _ => Err(self.invalid(k, v, "expected true or false")),
+                    }
+                })?,
             },
             constraints: Constraints {
                 max_runtime: self.opt(cons.max_runtime, "constraints.max_runtime", |v, k| {
@@ -620,6 +635,26 @@ impl Validator<'_> {
         f: impl FnOnce(&Spanned<Scalar>, &str) -> Result<T, PolicyFileError>,
     ) -> Result<Option<T>, PolicyFileError> {
         leaf.map(|v| f(&v, key)).transpose()
+    }
+
+    /// `[KEY, KEY=VALUE, ...]`, each checked as `run --env` checks it.
+    fn env_list(
+        &self,
+        list: Option<Vec<Spanned<Scalar>>>,
+        key: &str,
+    ) -> Result<Vec<(String, Option<String>)>, PolicyFileError> {
+        let mut out = Vec::new();
+        for (i, item) in list.unwrap_or_default().iter().enumerate() {
+            let item_key = format!("{key}[{i}]");
+            let Scalar::Str(text) = &item.value else {
+                return Err(self.invalid(&item_key, item, "expected KEY or KEY=VALUE"));
+            };
+            out.push(
+                crate::supervisor::environment::parse_env_flag(text)
+                    .map_err(|e| self.invalid(&item_key, item, e))?,
+            );
+        }
+        Ok(out)
     }
 
     fn domains(
@@ -858,6 +893,9 @@ pub struct EffectivePolicy {
     pub level: SecurityLevel,
     /// `None`: the invoking user (no uid change).
     pub user: Option<User>,
+    /// The environment policy (see `run --env`, `--clear-env`).
+    pub env: Vec<(String, Option<String>)>,
+    pub clear_env: bool,
     pub max_runtime: Option<Duration>,
     pub max_output_bytes: Option<u64>,
     pub max_output_lines: Option<u64>,
@@ -883,6 +921,8 @@ pub fn resolve(file: Option<&PolicyFile>, flags: &FlagOverrides) -> EffectivePol
         policy_file: file.map(|f| f.source.clone()),
         level: f.security_context.level.unwrap_or_default(),
         user: f.security_context.user.clone(),
+        env: f.security_context.env.clone(),
+        clear_env: f.security_context.clear_env.unwrap_or(false),
         max_runtime: flags.max_runtime.or(c.max_runtime).filter(|d| !d.is_zero()),
         max_output_bytes: nonzero(flags.max_output_bytes.or(c.max_output_bytes)),
         max_output_lines: nonzero(flags.max_output_lines.or(c.max_output_lines)),
@@ -931,6 +971,15 @@ impl EffectivePolicy {
                     User::Name(n) => DocUser::Name(n.clone()),
                     User::Id(id) => DocUser::Id(*id),
                 }),
+                env: self
+                    .env
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Some(v) => format!("{k}={v}"),
+                        None => k.clone(),
+                    })
+                    .collect(),
+                clear_env: self.clear_env,
             },
             constraints: DocConstraints {
                 max_runtime: self.max_runtime.map(Seconds),
@@ -977,6 +1026,10 @@ pub struct PolicyDocument {
 struct DocSecurity {
     level: &'static str,
     user: Option<DocUser>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    env: Vec<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    clear_env: bool,
 }
 
 #[derive(Debug, Serialize)]
