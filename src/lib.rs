@@ -19,3 +19,4 @@ pub mod policy;
 pub mod session;
 pub mod supervisor;
 pub mod sys;
+pub mod textfile;

@@ -25,7 +25,6 @@
 //!   reading the file and [`system_policy_path`] reading one env var.
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -407,25 +406,14 @@ struct RawViolation {
 
 /// Read and validate a policy file.
 pub fn load(path: &Path) -> Result<PolicyFile, PolicyFileError> {
-    let read_err = |source| PolicyFileError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(read_err)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(PolicyFileError::TooLarge {
+    let text = crate::textfile::read_limited(path, MAX_FILE_BYTES).map_err(|e| match e {
+        crate::textfile::ReadError::Io(source) => PolicyFileError::Read {
             path: path.to_path_buf(),
-        });
-    }
-    let text = String::from_utf8(bytes).map_err(|e| {
-        read_err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()),
-        ))
+            source,
+        },
+        crate::textfile::ReadError::TooLarge => PolicyFileError::TooLarge {
+            path: path.to_path_buf(),
+        },
     })?;
     parse(&text, path)
 }

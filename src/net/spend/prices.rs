@@ -20,7 +20,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -233,25 +232,14 @@ impl PriceTable {
 
     /// Read and validate a price file.
     pub fn load(path: &Path) -> Result<PriceTable, PriceFileError> {
-        let read_err = |source| PriceFileError::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(read_err)?;
-        let mut bytes = Vec::new();
-        file.take(MAX_FILE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(read_err)?;
-        if bytes.len() as u64 > MAX_FILE_BYTES {
-            return Err(PriceFileError::TooLarge {
+        let text = crate::textfile::read_limited(path, MAX_FILE_BYTES).map_err(|e| match e {
+            crate::textfile::ReadError::Io(source) => PriceFileError::Read {
                 path: path.to_path_buf(),
-            });
-        }
-        let text = String::from_utf8(bytes).map_err(|e| {
-            read_err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("not valid UTF-8 (byte {})", e.utf8_error().valid_up_to()),
-            ))
+                source,
+            },
+            crate::textfile::ReadError::TooLarge => PriceFileError::TooLarge {
+                path: path.to_path_buf(),
+            },
         })?;
         Self::parse(&text, path)
     }
