@@ -31,7 +31,7 @@ pub mod watch;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::cgroup::{self, Cgroup, CgroupError};
@@ -943,14 +943,4 @@ fn seal_session(
     if let Err(e) = result {
         eprintln!("vallignus: warning: session {id} is not sealed: {e}");
     }
-}
-
-/// Unblock the handled signals again (for callers that continue after a run,
-/// such as tests that run several in one process).
-pub fn restore_signal_mask() {
-    let mut mask = SigSet::empty();
-    for s in HANDLED_SIGNALS {
-        mask.add(s);
-    }
-    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&mask), None);
 }
