@@ -38,6 +38,25 @@ fn sigkilled_supervisor_is_cleaned_up_by_the_next_start() {
         .spawn()
         .unwrap();
     wait_for_event(&h, &id_file, "process_started");
+    // `process_started` means `sh` was exec'd, not that it has forked the
+    // background sleep yet (slow under TCG): wait for both sleeps to exist.
+    let sleeps = || {
+        pids_with(&m)
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "sleep")
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sleeps() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two sleeps never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let s = h.session_json();
     let cgroup = std::path::PathBuf::from(s["supervisor"]["cgroup"].as_str().unwrap());
     assert!(cgroup.exists());
