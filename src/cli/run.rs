@@ -138,6 +138,27 @@ pub struct RunArgs {
     #[arg(long, value_name = "HOST:PORT:ADDR", value_parser = parse_resolve)]
     resolve: Vec<String>,
 
+    /// LLM spend budget in USD for the run (0 = no cap): metered requests inside intercepted
+    /// HTTPS (OpenAI chat/Responses, Anthropic messages) are priced by their usage; a request
+    /// that could pass the budget gets 402, and reaching it ends the run (budget_exceeded).
+    #[arg(long, value_name = "USD", value_parser = parse_spend_flag)]
+    max_spend_usd: Option<Budget>,
+
+    /// Price file (YAML or TOML, USD per million tokens) over the shipped table; see
+    /// prices/default.yaml for the format.
+    #[arg(long, value_name = "FILE")]
+    prices: Option<PathBuf>,
+
+    /// Also trust the CA certificates in this PEM file when the proxy verifies an upstream's
+    /// TLS (system roots are always trusted). Repeatable.
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Vec<PathBuf>,
+
+    /// Do not intercept TLS to this domain: its tunnels are spliced as they are (SNI-checked,
+    /// counted per connection) for clients that pin certificates. Repeatable.
+    #[arg(long, value_name = "DOMAIN")]
+    tls_passthrough: Vec<String>,
+
     /// Give the agent this variable: KEY (from vallignus's environment) or KEY=VALUE. Repeatable.
     #[arg(long = "env", value_name = "KEY[=VALUE]", value_parser = environment::parse_env_flag)]
     env_vars: Vec<(String, Option<String>)>,
@@ -193,6 +214,16 @@ pub struct RunArgs {
         value_name = "CMD"
     )]
     command: Vec<String>,
+}
+
+/// `--max-spend-usd` as given: `None` inside is 0, "no cap".
+#[derive(Debug, Clone, Copy)]
+struct Budget(Option<f64>);
+
+fn parse_spend_flag(s: &str) -> Result<Budget, String> {
+    crate::auth::policy::parse_spend(s)
+        .map(Budget)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_resolve(s: &str) -> Result<String, String> {
@@ -358,6 +389,16 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
         }
     }
 
+    // --max-spend-usd overrides the policy file (0 = no cap); a token
+    // only narrows whatever results.
+    if let Some(Budget(flag)) = args.max_spend_usd {
+        let rules = p.network.get_or_insert_with(Default::default);
+        rules.max_spend_usd = flag;
+        if flag.is_some() {
+            rules.sources.push("--max-spend-usd".into());
+        }
+    }
+
     // The token: verified before anything starts, and it only narrows.
     if let Some(token) = &p.token {
         let home = crate::session::store::home_dir().map_err(|e| e.to_string())?;
@@ -424,10 +465,35 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
         }
         None => {}
     }
+    // TLS settings shape the proxy; alone they do not ask for one.
+    let tls_flags =
+        args.prices.is_some() || !args.upstream_ca.is_empty() || !args.tls_passthrough.is_empty();
+    match p.network.as_mut() {
+        Some(net) if net.mode == crate::policy::NetMode::Proxy => {
+            if args.prices.is_some() {
+                net.prices.clone_from(&args.prices);
+            }
+            net.upstream_ca.extend(args.upstream_ca.iter().cloned());
+            net.tls_passthrough
+                .extend(args.tls_passthrough.iter().cloned());
+        }
+        _ if tls_flags => {
+            return Err(
+                "--prices, --upstream-ca and --tls-passthrough shape the policy proxy, which this \
+                 run does not use (give --allow-domain, or --net proxy)"
+                    .into(),
+            )
+        }
+        _ => {}
+    }
     if let Some(net) = &p.network {
         // Validate the rules now: a bad pattern is a flag error (exit 125).
         crate::net::decide::Rules::parse(&net.allow_domains, &net.deny_domains)
             .map_err(|e| format!("network rules: {e}"))?;
+        for d in &net.tls_passthrough {
+            crate::policy::domain::DomainPattern::parse(d)
+                .map_err(|e| format!("--tls-passthrough {d:?}: {e}"))?;
+        }
     }
     Ok(p)
 }

@@ -105,6 +105,26 @@ pub enum Reason {
     UpstreamError,
     /// The client did not send its ClientHello in time.
     ClientTimeout,
+    /// Inside an intercepted tunnel: the Host header (or absolute URI)
+    /// names another host than the tunnel (domain fronting).
+    DomainFronting,
+    /// Inside an intercepted tunnel: the domain's method or path rules do
+    /// not allow this request.
+    RequestNotAllowed,
+    /// The agent's TLS handshake with the proxy failed (it does not trust
+    /// the run's CA, or spoke something else than TLS 1.2/1.3).
+    ClientTls,
+    /// Allowed, but the upstream's TLS certificate did not verify.
+    UpstreamTls,
+    /// A metered request would take the spend over `--max-spend-usd`.
+    BudgetExceeded,
+    /// A metered request names a model the price table does not know.
+    UnknownModel,
+    /// A metered request whose body cannot be priced (not JSON, no model,
+    /// too large).
+    UnpricedRequest,
+    /// A request to another host carries a credential's placeholder.
+    CredentialExfiltration,
 }
 
 impl Reason {
@@ -128,6 +148,14 @@ impl Reason {
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::UpstreamError => "upstream_error",
             Reason::ClientTimeout => "client_timeout",
+            Reason::DomainFronting => "domain_fronting",
+            Reason::RequestNotAllowed => "request_not_allowed",
+            Reason::ClientTls => "client_tls",
+            Reason::UpstreamTls => "upstream_tls",
+            Reason::BudgetExceeded => "budget_exceeded",
+            Reason::UnknownModel => "unknown_model",
+            Reason::UnpricedRequest => "unpriced_request",
+            Reason::CredentialExfiltration => "credential_exfiltration",
         }
     }
 
@@ -138,7 +166,8 @@ impl Reason {
             Reason::ResolveFailed
             | Reason::UpstreamUnreachable
             | Reason::UpstreamTimeout
-            | Reason::UpstreamError => Decision::Allow,
+            | Reason::UpstreamError
+            | Reason::UpstreamTls => Decision::Allow,
             _ => Decision::Deny,
         }
     }
@@ -148,7 +177,12 @@ impl Reason {
         match self {
             Reason::MaxRequests => 429,
             Reason::BadRequest | Reason::UnsupportedScheme => 400,
-            Reason::ResolveFailed | Reason::UpstreamUnreachable | Reason::UpstreamError => 502,
+            Reason::BudgetExceeded => 402,
+            Reason::UnpricedRequest => 400,
+            Reason::ResolveFailed
+            | Reason::UpstreamUnreachable
+            | Reason::UpstreamError
+            | Reason::UpstreamTls => 502,
             Reason::UpstreamTimeout => 504,
             Reason::ClientTimeout => 408,
             _ => 403,
@@ -313,6 +347,41 @@ pub enum Kind {
     Connect,
 }
 
+/// Which requests a domain allows inside an intercepted tunnel (policy
+/// file: `methods` and `paths` of an `allow_domains` entry). Empty lists
+/// allow any method or path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRule {
+    pub domain: DomainPattern,
+    /// Upper-case method names.
+    pub methods: Vec<String>,
+    /// Path prefixes, each starting with `/`.
+    pub paths: Vec<String>,
+}
+
+impl RequestRule {
+    /// Whether `method` and `path` are allowed. A path with dot segments
+    /// or encoded dots/slashes is refused when path rules exist: the
+    /// upstream may normalise `/v1/../admin` to `/admin`.
+    pub fn allows(&self, method: &str, path: &str) -> bool {
+        let method_ok =
+            self.methods.is_empty() || self.methods.iter().any(|m| m.eq_ignore_ascii_case(method));
+        let path_ok = self.paths.is_empty()
+            || (!ambiguous_path(path) && self.paths.iter().any(|p| path.starts_with(p.as_str())));
+        method_ok && path_ok
+    }
+}
+
+/// A path that an upstream could read differently than a prefix check.
+fn ambiguous_path(path: &str) -> bool {
+    let lower = path.to_ascii_lowercase();
+    path.split('/').any(|seg| seg == "." || seg == "..")
+        || lower.contains("%2e")
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+        || path.contains('\\')
+}
+
 /// Everything the proxy decides with, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -320,6 +389,8 @@ pub struct Policy {
     resolve: Vec<ResolveOverride>,
     connect_ports: Vec<u16>,
     raw_tunnel_ports: Vec<u16>,
+    request_rules: Vec<RequestRule>,
+    passthrough: Vec<DomainPattern>,
 }
 
 impl Policy {
@@ -350,7 +421,34 @@ impl Policy {
             resolve: merged,
             connect_ports,
             raw_tunnel_ports,
+            request_rules: Vec::new(),
+            passthrough: Vec::new(),
         })
+    }
+
+    /// Method and path rules for requests inside intercepted tunnels; the
+    /// first rule whose domain matches a host applies.
+    pub fn with_request_rules(mut self, rules: Vec<RequestRule>) -> Self {
+        self.request_rules = rules;
+        self
+    }
+
+    /// Hosts whose tunnels are spliced, not intercepted (`tls: passthrough`).
+    pub fn with_passthrough(mut self, hosts: Vec<DomainPattern>) -> Self {
+        self.passthrough = hosts;
+        self
+    }
+
+    /// Whether tunnels to `host` are spliced even when interception is on.
+    pub fn passthrough(&self, host: &Host) -> bool {
+        self.passthrough.iter().any(|p| p.matches(host))
+    }
+
+    /// Why a request inside an intercepted tunnel is refused by its
+    /// domain's method/path rule, if it is.
+    pub fn request_rule(&self, host: &Host, method: &str, path: &str) -> Option<Reason> {
+        let rule = self.request_rules.iter().find(|r| r.domain.matches(host))?;
+        (!rule.allows(method, path)).then_some(Reason::RequestNotAllowed)
     }
 
     pub fn rules(&self) -> &Rules {
@@ -567,8 +665,15 @@ pub fn parse_authority(authority: &str, default_port: u16) -> Option<(Host, u16)
 /// Whether a Host header value names the same host and port as the
 /// absolute URI (`port` is the URI's effective port).
 pub fn host_header_agrees(uri_host: &Host, uri_port: u16, header: &str) -> bool {
-    match parse_authority(header, 80) {
-        Some((host, port)) => &host == uri_host && port == uri_port,
+    authority_agrees(uri_host, uri_port, header, 80)
+}
+
+/// Whether an authority (a Host header, or an absolute URI's authority)
+/// names `host:port`, where an authority without a port means
+/// `default_port` (80 for http, 443 inside an intercepted tunnel).
+pub fn authority_agrees(host: &Host, port: u16, authority: &str, default_port: u16) -> bool {
+    match parse_authority(authority, default_port) {
+        Some((h, p)) => &h == host && p == port,
         None => false,
     }
 }
@@ -1069,6 +1174,33 @@ mod tests {
         assert!(host_header_agrees(&h, 8080, "api.example.com:8080"));
         assert!(!host_header_agrees(&h, 80, "evil.com"));
         assert!(!host_header_agrees(&h, 80, "api.example.com:80:80"));
+        assert!(authority_agrees(&h, 443, "api.example.com", 443));
+        let rule = RequestRule {
+            domain: DomainPattern::parse("api.example.com").unwrap(),
+            methods: vec!["POST".into()],
+            paths: vec!["/v1/".into()],
+        };
+        assert!(rule.allows("post", "/v1/chat/completions"));
+        assert!(!rule.allows("GET", "/v1/models"));
+        assert!(!rule.allows("POST", "/admin"));
+        assert!(!rule.allows("POST", "/v1/../admin"));
+        assert!(!rule.allows("POST", "/v1/%2e%2e/admin"));
+        let p = Policy::new(Rules::default(), vec![], vec![], vec![])
+            .unwrap()
+            .with_request_rules(vec![rule])
+            .with_passthrough(vec![DomainPattern::parse("*.pinned.test").unwrap()]);
+        assert_eq!(
+            p.request_rule(&h, "GET", "/"),
+            Some(Reason::RequestNotAllowed)
+        );
+        assert_eq!(p.request_rule(&h, "POST", "/v1/x"), None);
+        let other = parse_host("other.example.com").unwrap();
+        assert_eq!(p.request_rule(&other, "DELETE", "/x"), None);
+        assert!(p.passthrough(&parse_host("a.pinned.test").unwrap()));
+        assert!(!p.passthrough(&h));
+        assert!(authority_agrees(&h, 443, "api.example.com:443", 443));
+        assert!(!authority_agrees(&h, 443, "api.example.com", 80));
+        assert!(!authority_agrees(&h, 443, "other.example.com", 443));
         assert!(!host_header_agrees(&h, 80, "api.example.com:x"));
         assert!(!host_header_agrees(&h, 80, ""));
         let v6 = host("[::1]");

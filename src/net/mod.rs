@@ -7,7 +7,9 @@
 //!
 //! Invariant: the proxy never dials an address that [`decide`] did not vet.
 
+pub mod credentials;
 pub mod decide;
 pub mod netns;
 pub mod proxy;
 pub mod spend;
+pub mod tls;

@@ -51,7 +51,15 @@ use super::decide::{
     Decision, HelloScan, Kind, Policy, Reason, Verdict, MAX_CLIENT_HELLO, TLS_ALERT_ACCESS_DENIED,
     TLS_ALERT_INTERNAL_ERROR,
 };
+use super::spend::{Endpoint, PicoUsd};
+use super::tls::Interceptor;
 use crate::policy::domain::{parse_host, DomainPattern, Host};
+
+mod intercept;
+mod meter;
+
+use intercept::{Prefixed, TunnelTarget};
+pub use meter::Spend;
 
 /// Errors starting or stopping the proxy; each names the listen address.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +112,11 @@ pub struct ProxyConfig {
     pub shutdown_grace: Duration,
     /// Runtime worker threads; 0 runs everything on the proxy's own thread.
     pub worker_threads: usize,
+    /// TLS interception: tunnels (except `tls: passthrough` hosts and raw
+    /// tunnel ports) are ended here and their requests read.
+    pub intercept: Option<Arc<Interceptor>>,
+    /// `--max-spend-usd`: metered requests are priced and budgeted.
+    pub spend: Option<Arc<Spend>>,
 }
 
 impl ProxyConfig {
@@ -116,6 +129,8 @@ impl ProxyConfig {
             client_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(1),
             worker_threads: 2,
+            intercept: None,
+            spend: None,
         }
     }
 }
@@ -149,6 +164,43 @@ pub struct NetRequest {
     pub bytes_down: u64,
     pub duration_ms: u64,
     pub duration_us: u64,
+    /// `intercepted` for a tunnel the proxy ended (and every request read
+    /// inside one), `passthrough` for a spliced tunnel; absent for plain
+    /// http requests and raw tunnels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+    /// A metered request: the model it asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// A metered request: what it cost (USD).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "usd",
+        rename = "cost_usd"
+    )]
+    pub cost: Option<PicoUsd>,
+    /// A metered request: the run's spend after it (USD).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "usd",
+        rename = "spend_usd"
+    )]
+    pub spent: Option<PicoUsd>,
+}
+
+/// How a tunnel's TLS was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tls {
+    Intercepted,
+    Passthrough,
+}
+
+fn usd<S: serde::Serializer>(v: &Option<PicoUsd>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(p) => s.serialize_f64(p.to_usd_f64()),
+        None => s.serialize_none(),
+    }
 }
 
 /// The proxy's counters, as read at one instant.
@@ -445,14 +497,25 @@ async fn serve_client(guard: ActiveGuard, stream: TcpStream) {
     let client = Arc::new(ClientConn {
         shared: Arc::clone(&shared),
         upstream: Mutex::new(None),
+        tunnel: None,
     });
+    serve_http(shared, client, stream).await;
+    drop(guard);
+}
+
+/// Serve HTTP/1.1 on `io` (a client connection, or the inside of an
+/// intercepted tunnel) until it closes or the proxy stops.
+async fn serve_http<T>(shared: Arc<Shared>, client: Arc<ClientConn>, io: T)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |req| {
         let client = Arc::clone(&client);
         async move { Ok::<_, Infallible>(client.handle(req).await) }
     });
     let conn = shared
         .http
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
@@ -462,7 +525,6 @@ async fn serve_client(guard: ActiveGuard, stream: TcpStream) {
             let _ = conn.await;
         }
     }
-    drop(guard);
 }
 
 /// An upstream HTTP connection kept for the client connection's next request.
@@ -473,10 +535,21 @@ struct Upstream {
     sender: SendRequest<RequestBody>,
 }
 
-/// Per client connection state.
+/// Per client connection state (a connection to the proxy, or the inside
+/// of an intercepted tunnel).
 struct ClientConn {
     shared: Arc<Shared>,
     upstream: Mutex<Option<Upstream>>,
+    /// Set inside an intercepted tunnel: where every request goes.
+    tunnel: Option<Arc<TunnelTarget>>,
+}
+
+/// How a checked request reaches its upstream.
+enum Route<'a> {
+    /// A plain `http://` request: addresses as the policy's verdict says.
+    Plain(Addresses<'a>),
+    /// Inside an intercepted tunnel: the tunnel's vetted addresses, TLS.
+    Tunnel(&'a TunnelTarget),
 }
 
 /// What a record needs, gathered while the request is handled.
@@ -489,6 +562,10 @@ struct Pending {
     resolved: Option<SocketAddr>,
     sni: Option<String>,
     started: Instant,
+    tls: Option<Tls>,
+    model: Option<String>,
+    cost: Option<PicoUsd>,
+    spent: Option<PicoUsd>,
 }
 
 impl Pending {
@@ -509,6 +586,10 @@ impl Pending {
             bytes_down: down,
             duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
             duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            tls: self.tls,
+            model: self.model,
+            cost: self.cost,
+            spent: self.spent,
         }
     }
 }
@@ -524,7 +605,14 @@ impl ClientConn {
             resolved: None,
             sni: None,
             started: Instant::now(),
+            tls: None,
+            model: None,
+            cost: None,
+            spent: None,
         };
+        if let Some(target) = &self.tunnel {
+            return self.intercepted(req, rec, Arc::clone(target)).await;
+        }
         if req.method() == Method::CONNECT {
             self.connect(req, rec).await
         } else {
@@ -585,7 +673,21 @@ impl ClientConn {
                 return self.refuse(rec, reason);
             }
         };
+        self.exchange(req, rec, host, port, Route::Plain(addrs))
+            .await
+    }
 
+    /// Send a checked request upstream and hand back the response: the
+    /// part plain requests and requests inside intercepted tunnels share
+    /// (connection reuse, the request cap, spend metering, the record).
+    async fn exchange(
+        &self,
+        req: Request<Incoming>,
+        mut rec: Pending,
+        host: Host,
+        port: u16,
+        route: Route<'_>,
+    ) -> Response<ProxyBody> {
         // Reuse this client's upstream connection when it goes to the same
         // host and port (vetted when it was dialled); else resolve and dial.
         let cached = self
@@ -594,38 +696,91 @@ impl ClientConn {
             .ok()
             .and_then(|mut slot| slot.take())
             .filter(|u| u.host == host && u.port == port && !u.sender.is_closed());
+        if cached.is_none() && self.shared.cap_reached() {
+            return self.refuse(rec, Reason::MaxRequests);
+        }
+
+        // A metered request is priced and reserved before it may go.
+        let (mut parts, body) = req.into_parts();
+        let metered = self
+            .shared
+            .cfg
+            .spend
+            .as_deref()
+            .filter(|_| parts.method == Method::POST)
+            .and_then(|spend| Some((spend, Endpoint::from_path(parts.uri.path())?)));
+        let (body, mut meter) = match metered {
+            None => (RequestInner::Stream(body), None),
+            Some((spend, endpoint)) => {
+                let bytes = match meter::read_body(body).await {
+                    Ok(b) => b,
+                    Err(reason) => return self.refuse(rec, reason),
+                };
+                let admitted = match spend.admit(endpoint, &bytes) {
+                    Ok(a) => a,
+                    Err(reason) => {
+                        rec.spent = Some(spend.spent());
+                        return self.refuse(rec, reason);
+                    }
+                };
+                rec.model = Some(admitted.meter.model.clone());
+                let bytes = admitted.body.map_or(bytes, Bytes::from);
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                // Usage is read from the raw body.
+                parts.headers.insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static("identity"),
+                );
+                (RequestInner::Full(Some(bytes)), Some(admitted.meter))
+            }
+        };
+        // Refuse before sending: a metered request releases its reservation.
+        let unsent = |mut rec: Pending, meter: Option<meter::Meter>, reason| {
+            if let Some(s) = meter.and_then(meter::Meter::unsent) {
+                rec.cost = Some(s.cost);
+                rec.spent = Some(s.spent);
+            }
+            self.refuse(rec, reason)
+        };
+
         let mut upstream = match cached {
             Some(u) => {
+                rec.resolved = Some(u.addr);
                 if !self.shared.take_slot() {
-                    rec.resolved = Some(u.addr);
-                    return self.refuse(rec, Reason::MaxRequests);
+                    return unsent(rec, meter, Reason::MaxRequests);
                 }
                 u
             }
             None => {
-                if self.shared.cap_reached() {
-                    return self.refuse(rec, Reason::MaxRequests);
-                }
-                let candidates = match self.shared.candidates(&host, port, addrs).await {
-                    Ok(c) => c,
-                    Err(reason) => return self.refuse(rec, reason),
+                let candidates = match route {
+                    Route::Plain(addrs) => match self.shared.candidates(&host, port, addrs).await {
+                        Ok(c) => c,
+                        Err(reason) => return unsent(rec, meter, reason),
+                    },
+                    Route::Tunnel(t) => t.candidates.clone(),
                 };
                 rec.resolved = candidates.first().copied();
                 if !self.shared.take_slot() {
-                    return self.refuse(rec, Reason::MaxRequests);
+                    return unsent(rec, meter, Reason::MaxRequests);
                 }
-                match self.shared.dial_http(&candidates, host, port).await {
+                let dialled = match route {
+                    Route::Plain(_) => self.shared.dial_http(&candidates, host, port).await,
+                    Route::Tunnel(_) => self.shared.dial_https(&candidates, host, port).await,
+                };
+                match dialled {
                     Ok(u) => u,
-                    Err(reason) => return self.refuse(rec, reason),
+                    Err(reason) => return unsent(rec, meter, reason),
                 }
             }
         };
         rec.resolved = Some(upstream.addr);
         if upstream.sender.ready().await.is_err() {
-            return self.refuse(rec, Reason::UpstreamError);
+            return unsent(rec, meter, Reason::UpstreamError);
         }
 
-        let (mut parts, body) = req.into_parts();
         parts.uri = parts
             .uri
             .path_and_query()
@@ -643,14 +798,26 @@ impl ClientConn {
             .send_request(Request::from_parts(parts, body));
         let response = match self.shared.cfg.response_timeout {
             Some(limit) => match tokio::time::timeout(limit, sent).await {
-                Ok(r) => r,
-                Err(_) => return self.refuse(rec, Reason::UpstreamTimeout),
+                Ok(r) => r.map_err(Some),
+                Err(_) => Err(None),
             },
-            None => sent.await,
+            None => sent.await.map_err(Some),
         };
         let response = match response {
             Ok(r) => r,
-            Err(_) => return self.refuse(rec, Reason::UpstreamError),
+            Err(e) => {
+                // Sent (perhaps): a metered request is charged its reservation.
+                if let Some(s) = meter.take().and_then(|m| m.settle(None, false)) {
+                    rec.cost = Some(s.cost);
+                    rec.spent = Some(s.spent);
+                }
+                let reason = if e.is_some() {
+                    Reason::UpstreamError
+                } else {
+                    Reason::UpstreamTimeout
+                };
+                return self.refuse(rec, reason);
+            }
         };
         if let Ok(mut slot) = self.upstream.lock() {
             *slot = Some(upstream);
@@ -658,15 +825,25 @@ impl ClientConn {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let status = parts.status.as_u16();
-        let body = ProxyBody(BodyKind::Upstream(UpstreamBody {
+        if let Some(m) = meter.as_mut() {
+            let event_stream = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+            m.start(event_stream);
+        }
+        let body = ProxyBody(BodyKind::Upstream(Box::new(UpstreamBody {
             inner: body,
             down: 0,
             failed: false,
+            ended: false,
             status,
             up,
             record: Some(rec),
+            meter,
             shared: Arc::clone(&self.shared),
-        }));
+        })));
         Response::from_parts(parts, body)
     }
 
@@ -701,7 +878,9 @@ impl ClientConn {
             Err(reason) => return self.refuse(rec, reason),
         };
         rec.resolved = candidates.first().copied();
-        if !self.shared.take_slot() {
+        // An intercepted tunnel's requests take the slots, not the tunnel.
+        let intercepted = self.shared.intercepts(&host, port);
+        if !intercepted && !self.shared.take_slot() {
             return self.refuse(rec, Reason::MaxRequests);
         }
         let tunnel = Tunnel {
@@ -823,6 +1002,35 @@ impl Shared {
         Err(Reason::UpstreamUnreachable)
     }
 
+    /// Whether a tunnel to `host:port` is intercepted (rather than spliced).
+    fn intercepts(&self, host: &Host, port: u16) -> bool {
+        self.cfg.intercept.is_some()
+            && self.cfg.policy.requires_tls(port)
+            && !self.cfg.policy.passthrough(host)
+    }
+
+    /// An upstream connection over TLS verified for `host`.
+    async fn dial_https(
+        &self,
+        candidates: &[SocketAddr],
+        host: Host,
+        port: u16,
+    ) -> Result<Upstream, Reason> {
+        let Some(ic) = &self.cfg.intercept else {
+            return Err(Reason::UpstreamTls);
+        };
+        let config = ic.client_config().map_err(|_| Reason::UpstreamTls)?;
+        let (stream, addr) = self.dial(candidates).await?;
+        let connect = tokio_rustls::TlsConnector::from(config)
+            .connect(super::tls::server_name(&host), stream);
+        let tls = match tokio::time::timeout(self.cfg.connect_timeout, connect).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(_)) => return Err(Reason::UpstreamTls),
+            Err(_) => return Err(Reason::UpstreamTimeout),
+        };
+        http1_upstream(tls, addr, host, port).await
+    }
+
     async fn dial_http(
         &self,
         candidates: &[SocketAddr],
@@ -830,20 +1038,33 @@ impl Shared {
         port: u16,
     ) -> Result<Upstream, Reason> {
         let (stream, addr) = self.dial(candidates).await?;
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| Reason::UpstreamError)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Upstream {
-            host,
-            port,
-            addr,
-            sender,
-        })
+        http1_upstream(stream, addr, host, port).await
     }
+}
+
+/// An HTTP/1.1 client connection on `io`, driven by its own task.
+async fn http1_upstream<T>(
+    io: T,
+    addr: SocketAddr,
+    host: Host,
+    port: u16,
+) -> Result<Upstream, Reason>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|_| Reason::UpstreamError)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(Upstream {
+        host,
+        port,
+        addr,
+        sender,
+    })
 }
 
 /// An accepted CONNECT, from the upgrade to the end of the splice.
@@ -863,11 +1084,18 @@ struct TunnelEnd {
 }
 
 impl Tunnel {
-    async fn run(mut self, upgrade: hyper::upgrade::OnUpgrade) {
-        let end = self.splice(upgrade).await;
-        let shared = Arc::clone(&self.guard.0);
-        shared.emit(self.rec.finish(end.reason, 200, end.up, end.down));
-        drop(self.guard);
+    /// Boxed: an intercepted tunnel serves requests, and serving requests
+    /// can start tunnels; the explicit `Send` future breaks that cycle.
+    fn run(
+        mut self,
+        upgrade: hyper::upgrade::OnUpgrade,
+    ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let end = self.splice(upgrade).await;
+            let shared = Arc::clone(&self.guard.0);
+            shared.emit(self.rec.finish(end.reason, 200, end.up, end.down));
+            drop(self.guard);
+        })
     }
 
     async fn splice(&mut self, upgrade: hyper::upgrade::OnUpgrade) -> TunnelEnd {
@@ -919,6 +1147,33 @@ impl Tunnel {
             }
         }
 
+        if let Some(ic) = shared
+            .cfg
+            .intercept
+            .clone()
+            .filter(|_| shared.intercepts(&self.host, self.port))
+        {
+            self.rec.tls = Some(Tls::Intercepted);
+            let counted = Counted::new(Prefixed::new(first, client), 0);
+            let (up, down) = (Arc::clone(&counted.up), Arc::clone(&counted.down));
+            let target = TunnelTarget {
+                host: self.host.clone(),
+                port: self.port,
+                candidates: std::mem::take(&mut self.candidates),
+                sni: self.rec.sni.clone(),
+                rule: self.rec.rule.clone(),
+            };
+            let reason = intercept::serve(Arc::clone(&shared), &ic, counted, target).await;
+            return TunnelEnd {
+                reason,
+                up: up.load(Ordering::Relaxed),
+                down: down.load(Ordering::Relaxed),
+            };
+        }
+        if shared.cfg.intercept.is_some() && shared.cfg.policy.requires_tls(self.port) {
+            self.rec.tls = Some(Tls::Passthrough);
+        }
+
         let (mut upstream, addr) = match shared.dial(&self.candidates).await {
             Ok(d) => d,
             Err(reason) => {
@@ -939,31 +1194,37 @@ impl Tunnel {
                 down: 0,
             };
         }
-        let mut counted = Counted {
-            io: client,
-            up: first.len() as u64,
-            down: 0,
-        };
+        let mut counted = Counted::new(client, first.len() as u64);
         tokio::select! {
             _ = tokio::io::copy_bidirectional_with_sizes(&mut counted, &mut upstream, 64 * 1024, 64 * 1024) => {}
             () = stopped(shared.stop.clone()) => {}
         }
         TunnelEnd {
             reason: None,
-            up: counted.up,
-            down: counted.down,
+            up: counted.up.load(Ordering::Relaxed),
+            down: counted.down.load(Ordering::Relaxed),
         }
     }
 }
 
 /// The client side of a tunnel, counting bytes read (up) and written (down).
-struct Counted {
-    io: TcpStream,
-    up: u64,
-    down: u64,
+struct Counted<T> {
+    io: T,
+    up: Arc<AtomicU64>,
+    down: Arc<AtomicU64>,
 }
 
-impl AsyncRead for Counted {
+impl<T> Counted<T> {
+    fn new(io: T, up: u64) -> Self {
+        Counted {
+            io,
+            up: Arc::new(AtomicU64::new(up)),
+            down: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -973,13 +1234,14 @@ impl AsyncRead for Counted {
         let before = buf.filled().len();
         let res = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = res {
-            this.up += (buf.filled().len() - before) as u64;
+            let n = (buf.filled().len() - before) as u64;
+            this.up.fetch_add(n, Ordering::Relaxed);
         }
         res
     }
 }
 
-impl AsyncWrite for Counted {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -988,7 +1250,7 @@ impl AsyncWrite for Counted {
         let this = self.get_mut();
         let res = Pin::new(&mut this.io).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
-            this.down += n as u64;
+            this.down.fetch_add(n as u64, Ordering::Relaxed);
         }
         res
     }
@@ -1004,8 +1266,15 @@ impl AsyncWrite for Counted {
 
 /// A request body on its way upstream, counting its bytes.
 struct RequestBody {
-    inner: Incoming,
+    inner: RequestInner,
     up: Arc<AtomicU64>,
+}
+
+enum RequestInner {
+    /// Streamed from the client as it arrives.
+    Stream(Incoming),
+    /// Read whole first (a metered request), possibly rewritten.
+    Full(Option<Bytes>),
 }
 
 impl Body for RequestBody {
@@ -1017,7 +1286,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let res = Pin::new(&mut this.inner).poll_frame(cx);
+        let res = match &mut this.inner {
+            RequestInner::Stream(body) => Pin::new(body).poll_frame(cx),
+            RequestInner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        };
         if let Poll::Ready(Some(Ok(frame))) = &res {
             if let Some(data) = frame.data_ref() {
                 this.up.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -1027,11 +1299,18 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            RequestInner::Stream(body) => body.is_end_stream(),
+            RequestInner::Full(bytes) => bytes.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            RequestInner::Stream(body) => body.size_hint(),
+            RequestInner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            RequestInner::Full(None) => SizeHint::with_exact(0),
+        }
     }
 }
 
@@ -1040,7 +1319,8 @@ struct ProxyBody(BodyKind);
 
 enum BodyKind {
     Fixed(Option<Bytes>),
-    Upstream(UpstreamBody),
+    /// Boxed: with its record and meter it is large; `Fixed` is common.
+    Upstream(Box<UpstreamBody>),
 }
 
 impl ProxyBody {
@@ -1059,15 +1339,28 @@ struct UpstreamBody {
     inner: Incoming,
     down: u64,
     failed: bool,
+    /// The body reached its end.
+    ended: bool,
     status: u16,
     up: Arc<AtomicU64>,
     record: Option<Pending>,
+    /// A metered request's meter, settled when the body is dropped.
+    meter: Option<meter::Meter>,
     shared: Arc<Shared>,
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if let Some(rec) = self.record.take() {
+        if let Some(mut rec) = self.record.take() {
+            let complete = !self.failed && (self.ended || self.inner.is_end_stream());
+            if let Some(s) = self
+                .meter
+                .take()
+                .and_then(|m| m.settle(Some(self.status), complete))
+            {
+                rec.cost = Some(s.cost);
+                rec.spent = Some(s.spent);
+            }
             let reason = self.failed.then_some(Reason::UpstreamError);
             let up = self.up.load(Ordering::Relaxed);
             self.shared
@@ -1092,10 +1385,14 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {
                             u.down += data.len() as u64;
+                            if let Some(m) = u.meter.as_mut() {
+                                m.feed(data);
+                            }
                         }
                     }
                     Poll::Ready(Some(Err(_))) => u.failed = true,
-                    _ => {}
+                    Poll::Ready(None) => u.ended = true,
+                    Poll::Pending => {}
                 }
                 res
             }

@@ -109,6 +109,15 @@ pub struct NetworkRequest {
     pub deny_domains: Vec<String>,
     pub max_requests: Option<u64>,
     pub max_spend_usd: Option<f64>,
+    /// `--prices`: a price file over the shipped table.
+    pub prices: Option<std::path::PathBuf>,
+    /// `--upstream-ca`: extra roots for verifying intercepted upstreams.
+    pub upstream_ca: Vec<std::path::PathBuf>,
+    /// `--tls-passthrough`: hosts whose tunnels are spliced, not intercepted.
+    pub tls_passthrough: Vec<String>,
+    /// Method/path rules per domain for requests inside intercepted tunnels
+    /// (policy file `allow_domains` entries with `methods`/`paths`).
+    pub request_rules: Vec<crate::net::decide::RequestRule>,
     /// Where the rules came from (for messages): "policy file", "token", "--max-requests".
     pub sources: Vec<String>,
 }

@@ -94,6 +94,9 @@ pub struct SessionMeta {
     pub denied_requests: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total_requests: Option<u64>,
+    /// With `--max-spend-usd`: what the run's metered LLM requests cost (USD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend_usd: Option<f64>,
 
     // --- added by this version ---
     /// Absent in 0.4.2 sessions; see [`SessionMeta::effective_status`].

@@ -20,6 +20,7 @@ pub mod console;
 pub mod containment;
 pub mod environment;
 mod init;
+pub mod interception;
 pub mod journal;
 pub mod output;
 pub mod reap;
@@ -29,6 +30,7 @@ pub mod violation;
 pub mod watch;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
@@ -248,7 +250,7 @@ fn run_session(
     // The child's plan (user, namespaces, landlock ruleset, seccomp filters,
     // environment) is checked and built before anything is created, so a
     // bad --rw or profile leaves no cgroup behind.
-    let mut plan = child_plan(command, policy, enforcement)?;
+    let (mut plan, interception) = child_plan(command, policy, session_id, enforcement)?;
 
     // 5. Containment: the run's own cgroup with its controller limits, or
     //    (best effort) a process group.
@@ -345,7 +347,7 @@ fn run_session(
     };
     let network = parent_setup.and_then(|()| match &policy.network {
         Some(req) if plan.network_mode == Some(NetMode::Proxy) => {
-            start_network(session_id, &pending, req, policy, enforcement).map(Some)
+            start_network(session_id, &pending, req, interception, policy, enforcement).map(Some)
         }
         _ => Ok(None),
     });
@@ -400,6 +402,11 @@ fn run_session(
         max_lines: policy.max_output_lines,
         max_bytes: policy.max_output_bytes,
     });
+    let max_spend = network
+        .as_ref()
+        .and_then(|n| n.interception.as_ref())
+        .and_then(|i| i.spend.as_ref())
+        .map(|s| s.ledger.budget());
     let mut outcome = watch::watch(
         child,
         &containment,
@@ -412,6 +419,7 @@ fn run_session(
             started,
             max_requests: policy.max_requests,
             log_request_violations: policy.log_request_violations,
+            max_spend,
             alert: policy
                 .alert_webhook
                 .as_deref()
@@ -467,6 +475,8 @@ struct Network {
     handle: crate::net::netns::NetHandle,
     proxy: crate::net::proxy::ProxyHandle,
     env: Vec<(String, String)>,
+    /// The CA and budget (dropping it removes the agent's CA bundle).
+    interception: Option<interception::Interception>,
 }
 
 /// Build the agent's only way out (DESIGN.md "Network path"): a veth pair
@@ -477,6 +487,7 @@ fn start_network(
     session_id: &str,
     pending: &spawn::Pending,
     req: &crate::policy::NetworkRequest,
+    interception: Option<interception::Interception>,
     policy: &RunPolicy,
     enforcement: &mut EnforcementMap,
 ) -> Result<Network, RunError> {
@@ -493,8 +504,16 @@ fn start_network(
         .map(|r| r.parse::<decide::ResolveOverride>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| err("--resolve", &e))?;
+    let passthrough = req
+        .tls_passthrough
+        .iter()
+        .map(|d| crate::policy::domain::DomainPattern::parse(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err("--tls-passthrough", &e))?;
     let decide_policy = decide::Policy::new(rules, resolve, req.connect_ports.clone(), Vec::new())
-        .map_err(|e| err("rules", &e))?;
+        .map_err(|e| err("rules", &e))?
+        .with_passthrough(passthrough)
+        .with_request_rules(req.request_rules.clone());
     // Veths and nft tables of supervisors that died (runs without a proxy
     // do not pay for this check: it costs an nft process).
     if let Ok(removed) = netns::reap_orphans() {
@@ -523,6 +542,10 @@ fn start_network(
         listen(addr).map_err(|e| err(&format!("the proxy cannot listen on {addr}"), &e))?;
     let mut cfg = proxy::ProxyConfig::new(decide_policy);
     cfg.max_requests = req.max_requests;
+    if let Some(i) = &interception {
+        cfg.intercept = Some(Arc::clone(&i.interceptor));
+        cfg.spend = i.spend.clone();
+    }
     let proxy = proxy::start(listener, cfg).map_err(|e| err("the proxy cannot start", &e))?;
     let url = format!("http://{addr}");
     let mut env = Vec::new();
@@ -532,6 +555,52 @@ fn start_network(
     }
     for key in ["NO_PROXY", "no_proxy"] {
         env.push((key.to_string(), "localhost,127.0.0.1,::1".to_string()));
+    }
+    if let Some(i) = &interception {
+        env.extend(i.env());
+        enforced(
+            enforcement,
+            "tls_interception",
+            true,
+            format!(
+                "the run's own CA ends the agent's TLS (bundle {}); upstreams verified against the system roots{}{}",
+                i.bundle.display(),
+                if req.upstream_ca.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " and {}",
+                        req.upstream_ca
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+                if req.tls_passthrough.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; passthrough (not intercepted, not metered): {}",
+                        req.tls_passthrough.join(", ")
+                    )
+                }
+            ),
+        );
+        if let (Some(usd), Some(_)) = (req.max_spend_usd, &i.spend) {
+            enforced(
+                enforcement,
+                "max_spend_usd",
+                true,
+                format!(
+                    "${usd}: OpenAI chat/Responses and Anthropic messages priced by their usage ({})",
+                    req.prices.as_ref().map_or_else(
+                        || "shipped price table".to_string(),
+                        |p| format!("shipped price table + {}", p.display())
+                    )
+                ),
+            );
+        }
     }
     let plan = handle.plan();
     enforced(
@@ -555,7 +624,12 @@ fn start_network(
             }
         ),
     );
-    Ok(Network { handle, proxy, env })
+    Ok(Network {
+        handle,
+        proxy,
+        env,
+        interception,
+    })
 }
 
 /// A listening socket with a deep accept queue: std's 128 overflows when an
@@ -592,11 +666,20 @@ fn stop_network(
         let _ = journal.emit(&Event::NetRequest(r));
     }
     let c = net.proxy.counters();
+    let spent = net
+        .interception
+        .as_ref()
+        .and_then(|i| i.spend.as_ref())
+        .map(|s| s.spent());
     if let Some(r) = record.as_mut() {
         r.meta.allowed_requests = Some(c.allowed);
         r.meta.denied_requests = Some(c.denied);
         r.meta.total_requests = Some(c.total);
+        if let Some(spent) = spent {
+            r.meta.spend_usd = Some(spent.to_usd_f64());
+        }
     }
+    drop(net.interception.take());
     if let Err(e) = net.handle.teardown() {
         note(policy, &format!("cannot remove the run's network: {e}"));
     }
@@ -607,12 +690,22 @@ fn stop_network(
 fn child_plan(
     command: &[String],
     policy: &RunPolicy,
+    session_id: &str,
     enforcement: &mut EnforcementMap,
-) -> Result<child::ChildPlan, RunError> {
+) -> Result<(child::ChildPlan, Option<interception::Interception>), RunError> {
     let as_root = nix::unistd::geteuid().is_root();
     let iso = &policy.isolation;
     let mut namespaces = iso.namespaces(as_root);
     let network_mode = network_mode(policy, as_root, enforcement)?;
+    // Behind the proxy, TLS is intercepted: the run's CA and the bundle
+    // the agent reads (named in the landlock rules below) exist from here.
+    let interception = match (&policy.network, network_mode) {
+        (Some(req), Some(NetMode::Proxy)) => Some(
+            interception::Interception::prepare(session_id, req)
+                .map_err(|e| RunError::Unsupported(format!("network: {e}")))?,
+        ),
+        _ => None,
+    };
     if matches!(network_mode, Some(NetMode::None | NetMode::Proxy)) {
         namespaces.net = true;
         // Without root, a network namespace needs a user namespace.
@@ -657,7 +750,8 @@ fn child_plan(
         );
     }
     let landlock = if iso.landlock() {
-        Some(prepare_landlock(policy, namespaces, enforcement)?)
+        let bundle = interception.as_ref().map(|i| i.bundle.as_path());
+        Some(prepare_landlock(policy, namespaces, bundle, enforcement)?)
     } else {
         None
     };
@@ -694,7 +788,7 @@ fn child_plan(
             ),
         );
     }
-    Ok(child::ChildPlan {
+    let plan = child::ChildPlan {
         env: environment::to_cstrings(&env),
         network_mode,
         landlock,
@@ -704,7 +798,8 @@ fn child_plan(
         run_as: iso.run_as,
         lock_down: iso.lock_down() || namespaces.any(),
         tmp_size: iso.tmp_size,
-    })
+    };
+    Ok((plan, interception))
 }
 
 /// How the agent reaches the network, checked and recorded (the proxy
@@ -768,11 +863,16 @@ fn network_mode(
 fn prepare_landlock(
     policy: &RunPolicy,
     namespaces: crate::isolation::namespaces::Namespaces,
+    ca_bundle: Option<&std::path::Path>,
     enforcement: &mut EnforcementMap,
 ) -> Result<crate::isolation::landlock::Prepared, RunError> {
     use crate::isolation::landlock::{self, FsContext, FsPolicy, Requirement};
     let ctx = FsContext::from_env().map_err(|e| RunError::Unsupported(e.to_string()))?;
     let mut flags = policy.isolation.fs.clone();
+    if let Some(bundle) = ca_bundle {
+        // The run's CA bundle, read-only (under /run, hidden otherwise).
+        flags.ro.push(bundle.to_path_buf());
+    }
     if namespaces.mount && std::path::Path::new("/dev/shm").is_dir() {
         // The agent's /dev/shm is its own tmpfs then (python's
         // multiprocessing needs it); the host's is out of its reach.

@@ -58,12 +58,13 @@ pub fn reap_cgroups(base: &Path) -> Vec<String> {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some((pid, start, _id)) = parse_run_cgroup_name(&name) else {
+        let Some((pid, start, id)) = parse_run_cgroup_name(&name) else {
             continue;
         };
         if supervisor_alive(pid, start) {
             continue;
         }
+        super::interception::remove_bundle(id);
         if remove_cgroup_tree(&entry.path()).is_ok() {
             reaped.push(name);
         }

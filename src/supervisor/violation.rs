@@ -28,6 +28,12 @@ pub enum Violation {
         limit: u64,
         observed: u64,
     },
+    /// LLM spend reached `--max-spend-usd` (or a request was refused for
+    /// it); amounts in pico-dollars.
+    BudgetExceeded {
+        limit: crate::net::spend::PicoUsd,
+        observed: crate::net::spend::PicoUsd,
+    },
     /// vallignus itself got SIGINT/SIGTERM/SIGHUP/SIGQUIT.
     Signal(i32),
     /// The session could not be written (disk full...): stop the agent
@@ -46,6 +52,11 @@ fn secs(d: Duration) -> serde_json::Number {
     }
 }
 
+/// Dollars as a JSON number.
+fn usd(p: crate::net::spend::PicoUsd) -> serde_json::Number {
+    serde_json::Number::from_f64(p.to_usd_f64()).unwrap_or_else(|| 0.into())
+}
+
 impl Violation {
     pub fn reason(&self) -> &'static str {
         match self {
@@ -54,6 +65,7 @@ impl Violation {
             Violation::MaxOutputBytes { .. } => "max_output_bytes",
             Violation::MemoryOom { .. } => "memory_oom",
             Violation::MaxRequests { .. } => "max_requests",
+            Violation::BudgetExceeded { .. } => "budget_exceeded",
             Violation::Signal(_) => "signal",
             Violation::RecordingFailed(_) => "recording_failed",
         }
@@ -66,6 +78,7 @@ impl Violation {
             | Violation::MaxOutputBytes { limit, .. }
             | Violation::MemoryOom { limit, .. }
             | Violation::MaxRequests { limit, .. } => (*limit).into(),
+            Violation::BudgetExceeded { limit, .. } => usd(*limit),
             Violation::Signal(n) => (*n).into(),
             Violation::RecordingFailed(_) => 0.into(),
         }
@@ -78,6 +91,7 @@ impl Violation {
             | Violation::MaxOutputBytes { observed, .. }
             | Violation::MemoryOom { observed, .. }
             | Violation::MaxRequests { observed, .. } => (*observed).into(),
+            Violation::BudgetExceeded { observed, .. } => usd(*observed),
             Violation::Signal(n) => (*n).into(),
             Violation::RecordingFailed(_) => 0.into(),
         }

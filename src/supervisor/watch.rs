@@ -43,6 +43,8 @@ pub struct WatchConfig {
     /// `log_request_violations`).
     pub max_requests: Option<u64>,
     pub log_request_violations: bool,
+    /// `--max-spend-usd`: spend reaching it ends the run.
+    pub max_spend: Option<crate::net::spend::PicoUsd>,
     /// Where to POST an alert on a violation, and what to say in it.
     pub alert: Option<super::alert::Webhook>,
     pub session_id: String,
@@ -215,12 +217,27 @@ impl Loop<'_> {
         }
     }
 
-    /// Record what the proxy saw; a request refused for the cap ends the run.
+    /// Record what the proxy saw; a request refused for the cap ends the
+    /// run, and so does spend that reached the budget (or a request
+    /// refused for it).
     fn on_proxy(&mut self, proxy: &mut crate::net::proxy::ProxyHandle) {
+        use crate::net::decide::Reason;
         for record in proxy.drain_records() {
-            let over_cap = record.reason == Some(crate::net::decide::Reason::MaxRequests)
-                && !self.cfg.log_request_violations;
+            let over_cap =
+                record.reason == Some(Reason::MaxRequests) && !self.cfg.log_request_violations;
+            let over_budget = self.cfg.max_spend.filter(|budget| {
+                !self.cfg.log_request_violations
+                    && (record.reason == Some(Reason::BudgetExceeded)
+                        || record.spent.is_some_and(|s| s >= *budget))
+            });
+            let spent = record.spent;
             self.emit(&Event::NetRequest(record));
+            if let Some(limit) = over_budget {
+                self.violate(Violation::BudgetExceeded {
+                    limit,
+                    observed: spent.unwrap_or(limit),
+                });
+            }
             if over_cap {
                 if let Some(limit) = self.cfg.max_requests {
                     self.violate(Violation::MaxRequests {

@@ -1,0 +1,117 @@
+//! The supervisor's side of TLS interception and spend metering, prepared
+//! before the fork (so a bad `--upstream-ca` or price file is an error
+//! before anything is created, and the landlock ruleset can name the CA
+//! bundle).
+//!
+//! - The run's CA ([`Interceptor`]) lives in this process only; the agent
+//!   gets its certificate in a bundle file (system roots + the run's CA),
+//!   `/run/vallignus/tls/<session>.pem`, readable by anyone (it holds only
+//!   certificates), removed when the run ends (this value's `Drop`).
+//! - The usual variables point clients at the bundle ([`BUNDLE_VARIABLES`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::net::proxy::Spend;
+use crate::net::spend::{PicoUsd, PriceTable};
+use crate::net::tls::{Interceptor, BUNDLE_VARIABLES};
+use crate::policy::NetworkRequest;
+
+/// Where the agents' CA bundles live.
+const BUNDLE_DIR: &str = "/run/vallignus/tls";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InterceptionError {
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::TlsError),
+    #[error("--prices: {0}")]
+    Prices(#[from] crate::net::spend::PriceFileError),
+    #[error("--max-spend-usd {0}: not a usable amount")]
+    Budget(f64),
+    #[error("cannot write the agent's CA bundle {}: {source}", path.display())]
+    Bundle {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One run's interception and budget.
+#[derive(Debug)]
+pub struct Interception {
+    pub interceptor: Arc<Interceptor>,
+    pub spend: Option<Arc<Spend>>,
+    /// The agent's CA bundle (removed on drop).
+    pub bundle: PathBuf,
+}
+
+impl Interception {
+    pub fn prepare(session_id: &str, req: &NetworkRequest) -> Result<Self, InterceptionError> {
+        let interceptor = Arc::new(Interceptor::new(session_id, &req.upstream_ca)?);
+        let spend = match req.max_spend_usd {
+            Some(usd) => {
+                let budget =
+                    PicoUsd::from_usd_f64(usd).map_err(|_| InterceptionError::Budget(usd))?;
+                let prices = PriceTable::shipped_with(req.prices.as_deref())?;
+                Some(Arc::new(Spend::new(budget, prices)))
+            }
+            None => {
+                // A price file without a budget is still checked.
+                if let Some(p) = &req.prices {
+                    PriceTable::load(p)?;
+                }
+                None
+            }
+        };
+        let bundle = Path::new(BUNDLE_DIR).join(format!("{session_id}.pem"));
+        write_bundle(&bundle, &interceptor.agent_bundle()).map_err(|source| {
+            InterceptionError::Bundle {
+                path: bundle.clone(),
+                source,
+            }
+        })?;
+        Ok(Interception {
+            interceptor,
+            spend,
+            bundle,
+        })
+    }
+
+    /// The agent's CA variables.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let path = self.bundle.display().to_string();
+        BUNDLE_VARIABLES
+            .iter()
+            .map(|k| (k.to_string(), path.clone()))
+            .collect()
+    }
+}
+
+impl Drop for Interception {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.bundle);
+    }
+}
+
+fn write_bundle(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)?;
+        // An existing directory from an older umask: make it traversable.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    }
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+}
+
+/// Remove the bundle of a run whose supervisor died before it could (the
+/// reaper calls this with the ids it finds in dead runs' cgroup names).
+pub fn remove_bundle(session_id: &str) -> bool {
+    if session_id.is_empty() || session_id.contains('/') {
+        return false;
+    }
+    std::fs::remove_file(Path::new(BUNDLE_DIR).join(format!("{session_id}.pem"))).is_ok()
+}
