@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod clients;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_vallignus");
 
 pub struct Home {
