@@ -39,6 +39,10 @@ pub struct DoctorArgs {
     /// As with `run`: what cannot be enforced is recorded instead of failing.
     #[arg(long)]
     best_effort: bool,
+    /// Check this credential (as `run --credential`): is its secret there? Listed by name,
+    /// source and hosts, never by value. Repeatable.
+    #[arg(long, value_name = "NAME=ENV_VAR@HOST[,HOST...]")]
+    credential: Vec<crate::net::credentials::CredentialSpec>,
 }
 
 /// One line of the report.
@@ -250,6 +254,7 @@ fn check_run(args: &DoctorArgs, host: &Host) -> (bool, Vec<String>) {
     let mut pids = args.pids_max;
     let mut cpu = args.cpu_max;
     let mut run_as = args.user;
+    let mut credentials = args.credential.clone();
     if let Some(path) = &args.policy {
         match crate::policy::file::load(path) {
             Ok(f) => {
@@ -274,11 +279,10 @@ fn check_run(args: &DoctorArgs, host: &Host) -> (bool, Vec<String>) {
                         }
                     }
                 }
-                if f.constraints.network.is_some() {
-                    problems.push(
-                        "note: network rules are enforced as no network at all until the policy proxy lands"
-                            .into(),
-                    );
+                for c in &f.credentials {
+                    if !credentials.iter().any(|have| have.name == c.name) {
+                        credentials.push(c.clone());
+                    }
                 }
             }
             Err(e) => problems.push(e.to_string()),
@@ -312,6 +316,21 @@ fn check_run(args: &DoctorArgs, host: &Host) -> (bool, Vec<String>) {
     }
     if level != Level::None && host.landlock_abi == 0 {
         problems.push("note: landlock is unavailable; file rules will not be enforced".into());
+    }
+    // Credentials: the secret must be readable now (its value is never
+    // shown); the proxy that injects it needs root.
+    for c in &credentials {
+        match c.load(|k| std::env::var_os(k)) {
+            Ok(_) => problems.push(format!(
+                "note: credential {}: secret present; injected for {}",
+                c.info().name,
+                c.info().hosts.join(", ")
+            )),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if !credentials.is_empty() && !nix::unistd::geteuid().is_root() {
+        problems.push("credentials need the policy proxy, which needs root".into());
     }
     let ok = problems.iter().all(|p| p.starts_with("note:"));
     (ok, problems)

@@ -159,6 +159,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "DOMAIN")]
     tls_passthrough: Vec<String>,
 
+    /// Give the agent NAME holding a placeholder; the proxy replaces the placeholder in request
+    /// headers with the real secret (from vallignus's ENV_VAR, or @FILE) only for requests to
+    /// HOST (HTTPS, intercepted) and refuses requests that carry it anywhere else. Repeatable.
+    #[arg(long, value_name = "NAME=ENV_VAR@HOST[,HOST...]")]
+    credential: Vec<crate::net::credentials::CredentialSpec>,
+
     /// Give the agent this variable: KEY (from vallignus's environment) or KEY=VALUE. Repeatable.
     #[arg(long = "env", value_name = "KEY[=VALUE]", value_parser = environment::parse_env_flag)]
     env_vars: Vec<(String, Option<String>)>,
@@ -383,9 +389,19 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
                 .deny_domains
                 .extend(net.deny_domains.iter().map(|d| d.to_string()));
             rules.max_spend_usd = eff.network.max_spend_usd;
+            rules.upstream_ca.extend(net.upstream_ca.iter().cloned());
+            rules
+                .tls_passthrough
+                .extend(net.tls_passthrough.iter().map(|d| d.to_string()));
+            rules.prices.clone_from(&net.prices);
+            rules.request_rules.extend(net.requests.iter().cloned());
             rules
                 .sources
                 .push(format!("policy file {}", f.source.display()));
+        }
+        if !f.credentials.is_empty() {
+            let rules = p.network.get_or_insert_with(Default::default);
+            rules.credentials.extend(f.credentials.iter().cloned());
         }
     }
 
@@ -465,9 +481,12 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
         }
         None => {}
     }
-    // TLS settings shape the proxy; alone they do not ask for one.
-    let tls_flags =
-        args.prices.is_some() || !args.upstream_ca.is_empty() || !args.tls_passthrough.is_empty();
+    // TLS settings and credentials shape the proxy; alone they do not ask
+    // for one.
+    let tls_flags = args.prices.is_some()
+        || !args.upstream_ca.is_empty()
+        || !args.tls_passthrough.is_empty()
+        || !args.credential.is_empty();
     match p.network.as_mut() {
         Some(net) if net.mode == crate::policy::NetMode::Proxy => {
             if args.prices.is_some() {
@@ -476,11 +495,16 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
             net.upstream_ca.extend(args.upstream_ca.iter().cloned());
             net.tls_passthrough
                 .extend(args.tls_passthrough.iter().cloned());
+            // A flag replaces a policy-file credential of the same name.
+            for c in &args.credential {
+                net.credentials.retain(|have| have.name != c.name);
+                net.credentials.push(c.clone());
+            }
         }
         _ if tls_flags => {
             return Err(
-                "--prices, --upstream-ca and --tls-passthrough shape the policy proxy, which this \
-                 run does not use (give --allow-domain, or --net proxy)"
+                "--prices, --upstream-ca, --tls-passthrough and --credential shape the policy \
+                 proxy, which this run does not use (give --allow-domain, or --net proxy)"
                     .into(),
             )
         }

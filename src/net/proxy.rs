@@ -46,6 +46,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Re
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
+use super::credentials::Credentials;
 use super::decide::{
     check_sni, host_header_agrees, scan_client_hello, take_request_slot, vet_address, Addresses,
     Decision, HelloScan, Kind, Policy, Reason, Verdict, MAX_CLIENT_HELLO, TLS_ALERT_ACCESS_DENIED,
@@ -117,6 +118,9 @@ pub struct ProxyConfig {
     pub intercept: Option<Arc<Interceptor>>,
     /// `--max-spend-usd`: metered requests are priced and budgeted.
     pub spend: Option<Arc<Spend>>,
+    /// `--credential`: placeholders in request headers are replaced with
+    /// the secrets for their hosts; elsewhere they are refused.
+    pub credentials: Option<Arc<Credentials>>,
 }
 
 impl ProxyConfig {
@@ -131,6 +135,7 @@ impl ProxyConfig {
             worker_threads: 2,
             intercept: None,
             spend: None,
+            credentials: None,
         }
     }
 }
@@ -179,6 +184,9 @@ pub struct NetRequest {
         rename = "cost_usd"
     )]
     pub cost: Option<PicoUsd>,
+    /// Credentials whose secrets were put in this request's headers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub credentials_injected: Vec<String>,
     /// A metered request: the run's spend after it (USD).
     #[serde(
         skip_serializing_if = "Option::is_none",
@@ -566,6 +574,7 @@ struct Pending {
     model: Option<String>,
     cost: Option<PicoUsd>,
     spent: Option<PicoUsd>,
+    credentials_injected: Vec<String>,
 }
 
 impl Pending {
@@ -590,6 +599,7 @@ impl Pending {
             model: self.model,
             cost: self.cost,
             spent: self.spent,
+            credentials_injected: self.credentials_injected,
         }
     }
 }
@@ -609,6 +619,7 @@ impl ClientConn {
             model: None,
             cost: None,
             spent: None,
+            credentials_injected: Vec::new(),
         };
         if let Some(target) = &self.tunnel {
             return self.intercepted(req, rec, Arc::clone(target)).await;
@@ -700,8 +711,22 @@ impl ClientConn {
             return self.refuse(rec, Reason::MaxRequests);
         }
 
-        // A metered request is priced and reserved before it may go.
+        // Credentials: placeholders in the headers become the secrets for
+        // their hosts; a placeholder going anywhere else (headers, URL, a
+        // body read whole) refuses the request.
         let (mut parts, body) = req.into_parts();
+        if let Some(creds) = self.shared.cfg.credentials.as_deref() {
+            let target = parts.uri.path_and_query().map_or("", |pq| pq.as_str());
+            if creds.find_foreign(&host, target.as_bytes()).is_some() {
+                return self.refuse(rec, Reason::CredentialExfiltration);
+            }
+            match creds.rewrite_headers(&host, &mut parts.headers) {
+                Ok(done) => rec.credentials_injected = done.injected,
+                Err(_) => return self.refuse(rec, Reason::CredentialExfiltration),
+            }
+        }
+
+        // A metered request is priced and reserved before it may go.
         let metered = self
             .shared
             .cfg
@@ -716,6 +741,11 @@ impl ClientConn {
                     Ok(b) => b,
                     Err(reason) => return self.refuse(rec, reason),
                 };
+                if let Some(creds) = self.shared.cfg.credentials.as_deref() {
+                    if creds.find_foreign(&host, &bytes).is_some() {
+                        return self.refuse(rec, Reason::CredentialExfiltration);
+                    }
+                }
                 let admitted = match spend.admit(endpoint, &bytes) {
                     Ok(a) => a,
                     Err(reason) => {

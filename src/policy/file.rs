@@ -35,6 +35,8 @@ use serde_saphyr::Spanned;
 use super::domain::DomainPattern;
 use super::units::{parse_count, parse_duration, parse_size};
 use super::RunPolicy;
+use crate::net::credentials::{CredentialEntry, CredentialSpec};
+use crate::net::decide::RequestRule;
 
 /// The system-wide policy, used when it exists and no `--policy` is given.
 pub const SYSTEM_POLICY_PATH: &str = "/etc/vallignus/policy.yaml";
@@ -92,6 +94,14 @@ pub enum PolicyFileError {
         value: String,
         message: String,
     },
+    /// A `credentials` entry that cannot be used (no line: the entries are
+    /// read by serde as a whole).
+    #[error("policy file {}: {key}: {message}", path.display())]
+    Credential {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
 }
 
 impl PolicyFileError {
@@ -101,7 +111,7 @@ impl PolicyFileError {
             Self::UnknownKey { line, .. }
             | Self::Syntax { line, .. }
             | Self::InvalidValue { line, .. } => Some(*line),
-            Self::Read { .. } | Self::TooLarge { .. } => None,
+            Self::Read { .. } | Self::TooLarge { .. } | Self::Credential { .. } => None,
         }
     }
 
@@ -110,7 +120,8 @@ impl PolicyFileError {
         match self {
             Self::UnknownKey { key, .. }
             | Self::Syntax { key, .. }
-            | Self::InvalidValue { key, .. } => Some(key),
+            | Self::InvalidValue { key, .. }
+            | Self::Credential { key, .. } => Some(key),
             Self::Read { .. } | Self::TooLarge { .. } => None,
         }
     }
@@ -232,6 +243,15 @@ pub struct NetworkRules {
     pub max_requests: Option<u64>,
     /// Always > 0 when set.
     pub max_spend_usd: Option<f64>,
+    /// `upstream_ca: [FILE]`: as `run --upstream-ca` (relative to the file).
+    pub upstream_ca: Vec<PathBuf>,
+    /// `tls_passthrough: [DOMAIN]`: as `run --tls-passthrough`.
+    pub tls_passthrough: Vec<DomainPattern>,
+    /// `prices: FILE`: as `run --prices` (relative to the file).
+    pub prices: Option<PathBuf>,
+    /// `requests: [{domain, methods, paths}]`: what may be asked of a
+    /// domain inside intercepted HTTPS.
+    pub requests: Vec<RequestRule>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -267,6 +287,8 @@ pub struct PolicyFile {
     pub security_context: SecurityContext,
     pub constraints: Constraints,
     pub violation_protocol: ViolationProtocol,
+    /// `credentials: [{name, env | file, hosts}]`: as `run --credential`.
+    pub credentials: Vec<CredentialSpec>,
 }
 
 // ---------------------------------------------------------------------------
@@ -343,6 +365,8 @@ struct RawFile {
     constraints: Option<RawConstraints>,
     #[serde(default)]
     violation_protocol: Option<RawViolation>,
+    #[serde(default)]
+    credentials: Option<Vec<CredentialEntry>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -390,6 +414,24 @@ struct RawNetwork {
     max_requests: Leaf,
     #[serde(default)]
     max_spend_usd: Leaf,
+    #[serde(default)]
+    upstream_ca: Option<Vec<Spanned<Scalar>>>,
+    #[serde(default)]
+    tls_passthrough: Option<Vec<Spanned<Scalar>>>,
+    #[serde(default)]
+    prices: Leaf,
+    #[serde(default)]
+    requests: Option<Vec<RawRequestRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequestRule {
+    domain: Spanned<Scalar>,
+    #[serde(default)]
+    methods: Option<Vec<Spanned<Scalar>>>,
+    #[serde(default)]
+    paths: Option<Vec<Spanned<Scalar>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -515,8 +557,10 @@ impl Validator<'_> {
         let cons = raw.constraints.unwrap_or_default();
         let viol = raw.violation_protocol.unwrap_or_default();
         let network = cons.network.map(|n| self.network(n)).transpose()?;
+        let credentials = self.credentials(raw.credentials.unwrap_or_default())?;
         Ok(PolicyFile {
             source: self.path.to_path_buf(),
+            credentials,
             security_context: SecurityContext {
                 level: self.opt(security.level, "security_context.level", |v, k| {
                     self.keyword(v, k, SecurityLevel::NAMES).map(|i| match i {
@@ -613,7 +657,114 @@ impl Validator<'_> {
                 "constraints.network.max_spend_usd",
                 |v, k| self.money(v, k),
             )?,
+            upstream_ca: self.paths(raw.upstream_ca, "constraints.network.upstream_ca")?,
+            tls_passthrough: self
+                .domains(raw.tls_passthrough, "constraints.network.tls_passthrough")?,
+            prices: self.opt(raw.prices, "constraints.network.prices", |v, k| {
+                self.path_value(v, k)
+            })?,
+            requests: raw
+                .requests
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .map(|(i, r)| self.request_rule(r, &format!("constraints.network.requests[{i}]")))
+                .collect::<Result<_, _>>()?,
         })
+    }
+
+    /// A file path; a relative one is relative to the policy file.
+    fn path_value(&self, v: &Spanned<Scalar>, key: &str) -> Result<PathBuf, PolicyFileError> {
+        match &v.value {
+            Scalar::Str(s) if !s.is_empty() => Ok(self.relative(Path::new(s))),
+            _ => Err(self.invalid(key, v, "expected a file path")),
+        }
+    }
+
+    fn relative(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.path.parent().unwrap_or_else(|| Path::new(".")).join(p)
+        }
+    }
+
+    fn paths(
+        &self,
+        list: Option<Vec<Spanned<Scalar>>>,
+        key: &str,
+    ) -> Result<Vec<PathBuf>, PolicyFileError> {
+        list.unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, item)| self.path_value(item, &format!("{key}[{i}]")))
+            .collect()
+    }
+
+    fn request_rule(&self, raw: RawRequestRule, key: &str) -> Result<RequestRule, PolicyFileError> {
+        let domain_key = format!("{key}.domain");
+        let domain = match &raw.domain.value {
+            Scalar::Str(s) => DomainPattern::parse(s)
+                .map_err(|e| self.invalid(&domain_key, &raw.domain, e.to_string()))?,
+            _ => {
+                return Err(self.invalid(
+                    &domain_key,
+                    &raw.domain,
+                    "expected a host name or *.domain pattern",
+                ))
+            }
+        };
+        let mut methods = Vec::new();
+        for (i, m) in raw.methods.unwrap_or_default().iter().enumerate() {
+            let k = format!("{key}.methods[{i}]");
+            match &m.value {
+                Scalar::Str(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                    methods.push(s.to_ascii_uppercase());
+                }
+                _ => {
+                    return Err(self.invalid(&k, m, "expected an HTTP method such as GET or POST"))
+                }
+            }
+        }
+        let mut paths = Vec::new();
+        for (i, p) in raw.paths.unwrap_or_default().iter().enumerate() {
+            let k = format!("{key}.paths[{i}]");
+            match &p.value {
+                Scalar::Str(s) if s.starts_with('/') => paths.push(s.clone()),
+                _ => return Err(self.invalid(&k, p, "expected a path prefix starting with /")),
+            }
+        }
+        Ok(RequestRule {
+            domain,
+            methods,
+            paths,
+        })
+    }
+
+    /// `credentials`: each entry checked as `run --credential` checks it;
+    /// a relative `file` is relative to the policy file.
+    fn credentials(
+        &self,
+        entries: Vec<CredentialEntry>,
+    ) -> Result<Vec<CredentialSpec>, PolicyFileError> {
+        let mut out: Vec<CredentialSpec> = Vec::new();
+        for (i, mut e) in entries.into_iter().enumerate() {
+            e.file = e.file.map(|f| self.relative(&f));
+            let spec = e.to_spec().map_err(|err| PolicyFileError::Credential {
+                path: self.path.to_path_buf(),
+                key: format!("credentials[{i}]"),
+                message: err.to_string(),
+            })?;
+            if out.iter().any(|c| c.name == spec.name) {
+                return Err(PolicyFileError::Credential {
+                    path: self.path.to_path_buf(),
+                    key: format!("credentials[{i}]"),
+                    message: format!("credential {} is given twice", spec.name),
+                });
+            }
+            out.push(spec);
+        }
+        Ok(out)
     }
 
     fn opt<T>(
@@ -868,6 +1019,10 @@ pub struct EffectiveNetwork {
     pub default_policy: DefaultPolicy,
     pub max_requests: Option<u64>,
     pub max_spend_usd: Option<f64>,
+    pub upstream_ca: Vec<PathBuf>,
+    pub tls_passthrough: Vec<DomainPattern>,
+    pub prices: Option<PathBuf>,
+    pub requests: Vec<RequestRule>,
 }
 
 /// Everything a run enforces, resolved. `None` = no such cap. Fields that
@@ -896,6 +1051,8 @@ pub struct EffectivePolicy {
     pub network: EffectiveNetwork,
     pub violation_action: ViolationAction,
     pub alert_webhook: Option<String>,
+    /// Names, sources and hosts (never values).
+    pub credentials: Vec<CredentialSpec>,
 }
 
 /// Resolve defaults < `file` < `flags`.
@@ -923,9 +1080,14 @@ pub fn resolve(file: Option<&PolicyFile>, flags: &FlagOverrides) -> EffectivePol
             default_policy: net.default_policy.unwrap_or_default(),
             max_requests: nonzero(flags.max_requests.or(net.max_requests)),
             max_spend_usd: net.max_spend_usd,
+            upstream_ca: net.upstream_ca,
+            tls_passthrough: net.tls_passthrough,
+            prices: net.prices,
+            requests: net.requests,
         },
         violation_action: f.violation_protocol.action.unwrap_or_default(),
         alert_webhook: f.violation_protocol.alert_webhook.clone(),
+        credentials: f.credentials.clone(),
     }
 }
 
@@ -992,12 +1154,40 @@ impl EffectivePolicy {
                     default_policy: self.network.default_policy.as_str(),
                     max_requests: self.network.max_requests,
                     max_spend_usd: self.network.max_spend_usd,
+                    upstream_ca: self
+                        .network
+                        .upstream_ca
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect(),
+                    tls_passthrough: self
+                        .network
+                        .tls_passthrough
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect(),
+                    prices: self
+                        .network
+                        .prices
+                        .as_ref()
+                        .map(|p| p.display().to_string()),
+                    requests: self
+                        .network
+                        .requests
+                        .iter()
+                        .map(|r| DocRequestRule {
+                            domain: r.domain.to_string(),
+                            methods: r.methods.clone(),
+                            paths: r.paths.clone(),
+                        })
+                        .collect(),
                 },
             },
             violation_protocol: DocViolation {
                 action: self.violation_action.as_str(),
                 alert_webhook: self.alert_webhook.clone(),
             },
+            credentials: self.credentials.iter().map(CredentialSpec::info).collect(),
         }
     }
 }
@@ -1008,6 +1198,9 @@ pub struct PolicyDocument {
     security_context: DocSecurity,
     constraints: DocConstraints,
     violation_protocol: DocViolation,
+    /// Name, source (`env VAR` / `file PATH`) and hosts; never a value.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    credentials: Vec<crate::net::credentials::CredentialInfo>,
 }
 
 #[derive(Debug, Serialize)]
@@ -1045,6 +1238,23 @@ struct DocNetwork {
     default_policy: &'static str,
     max_requests: Option<u64>,
     max_spend_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    upstream_ca: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tls_passthrough: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prices: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    requests: Vec<DocRequestRule>,
+}
+
+#[derive(Debug, Serialize)]
+struct DocRequestRule {
+    domain: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    methods: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    paths: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]

@@ -118,6 +118,9 @@ pub struct NetworkRequest {
     /// Method/path rules per domain for requests inside intercepted tunnels
     /// (policy file `allow_domains` entries with `methods`/`paths`).
     pub request_rules: Vec<crate::net::decide::RequestRule>,
+    /// `--credential` and policy `credentials`: secrets the proxy puts in
+    /// the headers of requests to their hosts (the agent gets placeholders).
+    pub credentials: Vec<crate::net::credentials::CredentialSpec>,
     /// Where the rules came from (for messages): "policy file", "token", "--max-requests".
     pub sources: Vec<String>,
 }

@@ -80,7 +80,8 @@ pub enum Event {
         counters: std::collections::BTreeMap<String, u64>,
     },
     /// One request or tunnel through the policy proxy, allowed or denied.
-    NetRequest(crate::net::proxy::NetRequest),
+    // Boxed: a record is much larger than the other events.
+    NetRequest(Box<crate::net::proxy::NetRequest>),
     /// The policy proxy stopped while the run went on: the agent has no
     /// network from then on (its only route led to the proxy).
     ProxyStopped {},

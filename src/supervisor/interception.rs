@@ -12,6 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::net::credentials::{CredentialError, Credentials};
 use crate::net::proxy::Spend;
 use crate::net::spend::{PicoUsd, PriceTable};
 use crate::net::tls::{Interceptor, BUNDLE_VARIABLES};
@@ -28,6 +29,8 @@ pub enum InterceptionError {
     Prices(#[from] crate::net::spend::PriceFileError),
     #[error("--max-spend-usd {0}: not a usable amount")]
     Budget(f64),
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
     #[error("cannot write the agent's CA bundle {}: {source}", path.display())]
     Bundle {
         path: PathBuf,
@@ -41,6 +44,8 @@ pub enum InterceptionError {
 pub struct Interception {
     pub interceptor: Arc<Interceptor>,
     pub spend: Option<Arc<Spend>>,
+    /// Secrets and their placeholders (`None`: no `--credential`).
+    pub credentials: Option<Arc<Credentials>>,
     /// The agent's CA bundle (removed on drop).
     pub bundle: PathBuf,
 }
@@ -63,6 +68,14 @@ impl Interception {
                 None
             }
         };
+        // Secrets are read from vallignus's own environment (or files) now,
+        // so a missing one is an error before anything starts.
+        let credentials = if req.credentials.is_empty() {
+            None
+        } else {
+            let loaded = Credentials::load(req.credentials.clone(), |k| std::env::var_os(k))?;
+            Some(Arc::new(loaded))
+        };
         let bundle = Path::new(BUNDLE_DIR).join(format!("{session_id}.pem"));
         write_bundle(&bundle, &interceptor.agent_bundle()).map_err(|source| {
             InterceptionError::Bundle {
@@ -73,17 +86,35 @@ impl Interception {
         Ok(Interception {
             interceptor,
             spend,
+            credentials,
             bundle,
         })
     }
 
-    /// The agent's CA variables.
+    /// The agent's CA variables and credential placeholders.
     pub fn env(&self) -> Vec<(String, String)> {
         let path = self.bundle.display().to_string();
-        BUNDLE_VARIABLES
+        let mut env: Vec<(String, String)> = BUNDLE_VARIABLES
             .iter()
             .map(|k| (k.to_string(), path.clone()))
-            .collect()
+            .collect();
+        if let Some(c) = &self.credentials {
+            env.extend(c.agent_env());
+        }
+        env
+    }
+
+    /// Variables the agent must not inherit: where the secrets came from.
+    pub fn secret_sources(&self) -> Vec<String> {
+        self.credentials
+            .as_ref()
+            .map(|c| {
+                c.source_env_vars()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 

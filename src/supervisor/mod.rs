@@ -545,6 +545,7 @@ fn start_network(
     if let Some(i) = &interception {
         cfg.intercept = Some(Arc::clone(&i.interceptor));
         cfg.spend = i.spend.clone();
+        cfg.credentials = i.credentials.clone();
     }
     let proxy = proxy::start(listener, cfg).map_err(|e| err("the proxy cannot start", &e))?;
     let url = format!("http://{addr}");
@@ -587,6 +588,18 @@ fn start_network(
                 }
             ),
         );
+        if let Some(creds) = &i.credentials {
+            let list: Vec<String> = creds.listing().iter().map(ToString::to_string).collect();
+            enforced(
+                enforcement,
+                "credentials",
+                true,
+                format!(
+                    "the agent holds placeholders; the proxy puts the secrets in request headers to their hosts only: {}",
+                    list.join("; ")
+                ),
+            );
+        }
         if let (Some(usd), Some(_)) = (req.max_spend_usd, &i.spend) {
             enforced(
                 enforcement,
@@ -663,7 +676,7 @@ fn stop_network(
 ) {
     let _ = net.proxy.shutdown();
     for r in net.proxy.drain_records() {
-        let _ = journal.emit(&Event::NetRequest(r));
+        let _ = journal.emit(&Event::NetRequest(Box::new(r)));
     }
     let c = net.proxy.counters();
     let spent = net
@@ -776,7 +789,12 @@ fn child_plan(
         ..policy.env.clone()
     };
     let base: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os().collect();
-    let env = environment::build(&base, &env_policy);
+    let mut env = environment::build(&base, &env_policy);
+    if let Some(i) = &interception {
+        // The real secrets stay with vallignus, even with --env KEY.
+        let hidden = i.secret_sources();
+        env.retain(|(k, _)| !hidden.iter().any(|h| k == h.as_str()));
+    }
     if env_policy.clear {
         enforced(
             enforcement,

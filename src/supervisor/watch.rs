@@ -231,7 +231,7 @@ impl Loop<'_> {
                         || record.spent.is_some_and(|s| s >= *budget))
             });
             let spent = record.spent;
-            self.emit(&Event::NetRequest(record));
+            self.emit(&Event::NetRequest(Box::new(record)));
             if let Some(limit) = over_budget {
                 self.violate(Violation::BudgetExceeded {
                     limit,

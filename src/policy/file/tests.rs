@@ -558,3 +558,85 @@ fn key_paths() {
         "invalid u64"
     );
 }
+
+const TLS_AND_CREDENTIALS: &str = r#"
+constraints:
+  network:
+    allow_domains: [api.openai.com]
+    upstream_ca: [ca.pem, /etc/extra-ca.pem]
+    tls_passthrough: ["*.pinned.example"]
+    prices: my-prices.yaml
+    requests:
+      - domain: api.openai.com
+        methods: [post, GET]
+        paths: [/v1/]
+credentials:
+  - name: OPENAI_API_KEY
+    env: REAL_OPENAI_KEY
+    hosts: [api.openai.com]
+  - name: OTHER
+    file: secrets/other.txt
+    hosts: ["*.example.com"]
+"#;
+
+#[test]
+fn tls_requests_and_credentials_parse() {
+    let f = parse(TLS_AND_CREDENTIALS, Path::new("/etc/vallignus/policy.yaml")).unwrap();
+    let n = f.constraints.network.as_ref().unwrap();
+    assert_eq!(
+        n.upstream_ca,
+        [
+            PathBuf::from("/etc/vallignus/ca.pem"),
+            PathBuf::from("/etc/extra-ca.pem")
+        ]
+    );
+    assert_eq!(n.tls_passthrough[0].to_string(), "*.pinned.example");
+    assert_eq!(
+        n.prices.as_deref(),
+        Some(Path::new("/etc/vallignus/my-prices.yaml"))
+    );
+    assert_eq!(n.requests.len(), 1);
+    assert_eq!(n.requests[0].methods, ["POST", "GET"]);
+    assert_eq!(n.requests[0].paths, ["/v1/"]);
+    assert_eq!(f.credentials.len(), 2);
+    assert_eq!(f.credentials[0].name, "OPENAI_API_KEY");
+    let other = f.credentials[1].info();
+    assert_eq!(other.hosts, ["*.example.com"]);
+    assert!(
+        other.source.contains("/etc/vallignus/secrets/other.txt"),
+        "{}",
+        other.source
+    );
+    // policy show prints them, never a value.
+    let doc = resolve(Some(&f), &FlagOverrides::default()).document();
+    let yaml = serde_json::to_string(&doc).unwrap();
+    assert!(yaml.contains("OPENAI_API_KEY") && yaml.contains("REAL_OPENAI_KEY"));
+    assert!(yaml.contains("/v1/") && yaml.contains("*.pinned.example"));
+}
+
+#[test]
+fn bad_request_rules_and_credentials_are_named() {
+    err_at(
+        "constraints:\n  network:\n    requests:\n      - domain: a.com\n        methods: [\"GE T\"]\n",
+        5,
+        "constraints.network.requests[0].methods[0]",
+    );
+    err_at(
+        "constraints:\n  network:\n    requests:\n      - domain: a.com\n        paths: [v1]\n",
+        5,
+        "constraints.network.requests[0].paths[0]",
+    );
+    err_at(
+        "constraints:\n  network:\n    tls_passthrough: [\"a..b\"]\n",
+        3,
+        "constraints.network.tls_passthrough[0]",
+    );
+    let e = p("credentials:\n  - name: K\n    hosts: [a.com]\n").unwrap_err();
+    assert_eq!(e.key(), Some("credentials[0]"), "{e}");
+    let e = p(
+        "credentials:\n  - {name: K, env: A, hosts: [a.com]}\n  - {name: K, env: B, hosts: [b.com]}\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("twice"), "{e}");
+    assert!(p("credentials:\n  - {name: K, env: A, hosts: [a.com], value: x}\n").is_err());
+}
