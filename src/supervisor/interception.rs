@@ -31,6 +31,8 @@ pub enum InterceptionError {
     Budget(f64),
     #[error(transparent)]
     Credential(#[from] CredentialError),
+    #[error("cannot hide the credentials from other processes (PR_SET_DUMPABLE): {0}")]
+    Dumpable(std::io::Error),
     #[error("cannot write the agent's CA bundle {}: {source}", path.display())]
     Bundle {
         path: PathBuf,
@@ -74,6 +76,14 @@ impl Interception {
             None
         } else {
             let loaded = Credentials::load(req.credentials.clone(), |k| std::env::var_os(k))?;
+            // The secrets are in this process's environment and memory: a
+            // non-dumpable process's /proc/PID/environ and mem are closed to
+            // other processes of its uid that lack CAP_SYS_PTRACE (the agent
+            // never has it). The flag is reset by execve, so the agent's own
+            // dumpability is untouched.
+            nix::sys::prctl::set_dumpable(false).map_err(|e| {
+                InterceptionError::Dumpable(std::io::Error::from(e))
+            })?;
             Some(Arc::new(loaded))
         };
         let bundle = Path::new(BUNDLE_DIR).join(format!("{session_id}.pem"));
