@@ -27,6 +27,11 @@ const DOMAINS_MAX: usize = 1000;
 pub struct PolicyVersion {
     pub allowed_domains: Vec<String>,
     pub created_at: String,
+    /// `--credential` specs (`NAME=ENV_VAR@HOST[,HOST...]`) the agent's
+    /// runs get. Left out of the canonical form when empty, so the hashes
+    /// of policies made before credentials existed do not change.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credentials: Vec<String>,
     pub description: String,
     pub max_output_bytes: Option<u64>,
     pub max_output_lines: Option<u64>,
@@ -54,6 +59,7 @@ impl PolicyVersion {
     /// Whether the limits and domains (not the version, date or id) are equal.
     fn same_content(&self, other: &PolicyVersion) -> bool {
         self.allowed_domains == other.allowed_domains
+            && self.credentials == other.credentials
             && self.description == other.description
             && self.max_output_bytes == other.max_output_bytes
             && self.max_output_lines == other.max_output_lines
@@ -115,6 +121,8 @@ pub enum PolicyError {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PolicyEdit {
     pub allowed_domains: Option<Vec<String>>,
+    /// Replaces the list when given.
+    pub credentials: Option<Vec<String>>,
     pub max_spend_usd: Option<Option<f64>>,
     pub max_requests: Option<Option<u64>>,
     pub max_runtime_secs: Option<Option<u64>>,
@@ -141,6 +149,7 @@ impl PolicyEdit {
         Ok(PolicyVersion {
             allowed_domains,
             created_at,
+            credentials: self.credentials.clone().unwrap_or_default(),
             description: self.description.clone().unwrap_or_default(),
             max_output_bytes: self.max_output_bytes.flatten(),
             max_output_lines: self.max_output_lines.flatten(),
@@ -165,6 +174,10 @@ impl PolicyEdit {
                 .clone()
                 .unwrap_or_else(|| latest.allowed_domains.clone()),
             created_at,
+            credentials: self
+                .credentials
+                .clone()
+                .unwrap_or_else(|| latest.credentials.clone()),
             description: self
                 .description
                 .clone()
@@ -292,6 +305,7 @@ mod tests {
         PolicyVersion {
             allowed_domains: vec!["api.openai.com".into(), "*.example.com".into()],
             created_at: "2026-01-01T00:00:00Z".into(),
+            credentials: Vec::new(),
             description: "test".into(),
             max_output_bytes: None,
             max_output_lines: Some(100),
@@ -304,8 +318,39 @@ mod tests {
     }
 
     #[test]
+    fn credentials_are_canonical_only_when_present() {
+        // A policy without credentials keeps the bytes (and hash) it had
+        // before the field existed.
+        let plain = sample();
+        let text = String::from_utf8(plain.canonical_bytes()).unwrap();
+        assert!(!text.contains("credentials"), "{text}");
+        let mut with = sample();
+        with.credentials = vec!["K=ENV@api.example.com".into()];
+        let bytes = with.canonical_bytes();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains(r#""created_at":"#) && text.contains(r#""credentials":["#));
+        assert_ne!(with.hash(), plain.hash());
+        let back: PolicyVersion = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(back, with);
+        let old: PolicyVersion = serde_json::from_slice(&plain.canonical_bytes()).unwrap();
+        assert!(old.credentials.is_empty());
+        // An edit that changes only the credentials makes a new version.
+        let edit = PolicyEdit {
+            credentials: Some(vec!["K=ENV@api.example.com".into()]),
+            ..PolicyEdit::default()
+        };
+        assert!(edit.apply(&plain, 2, "now".into()).is_some());
+    }
+
+    #[test]
     fn canonical_form_has_sorted_keys_and_no_whitespace() {
-        let bytes = sample().canonical_bytes();
+        let mut with_credentials = sample();
+        with_credentials.credentials = vec!["K=ENV@a.com".into()];
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&with_credentials.canonical_bytes())
+                .is_ok()
+        );
+        let bytes = with_credentials.canonical_bytes();
         let text = String::from_utf8(bytes.clone()).unwrap();
         assert!(!text.contains(' '));
         assert!(!text.contains('\n'));

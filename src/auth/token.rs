@@ -372,6 +372,7 @@ mod tests {
         PolicyVersion {
             allowed_domains: vec!["api.example.com".into()],
             created_at: "2026-01-01T00:00:00Z".into(),
+            credentials: Vec::new(),
             description: String::new(),
             max_output_bytes: None,
             max_output_lines: None,

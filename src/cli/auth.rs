@@ -78,6 +78,13 @@ pub struct PolicyArgs {
     /// Comma-separated domains: `api.openai.com,*.example.com` ("" = no network).
     #[arg(long, value_name = "CSV")]
     allowed_domains: Option<String>,
+    /// A credential the agent's runs get, as `run --credential` (repeatable; for
+    /// update-policy, the list given replaces the old one).
+    #[arg(long, value_name = "NAME=ENV_VAR@HOST[,HOST...]")]
+    credential: Vec<crate::net::credentials::CredentialSpec>,
+    /// update-policy: remove every credential.
+    #[arg(long, conflicts_with = "credential")]
+    no_credentials: bool,
     /// Spending cap in US dollars.
     #[arg(long, value_name = "USD")]
     max_spend_usd: Option<String>,
@@ -297,6 +304,13 @@ fn policy_edit(a: &PolicyArgs) -> Result<PolicyEdit, CliError> {
     }
     Ok(PolicyEdit {
         allowed_domains: opt(&a.allowed_domains, policy::parse_domains_csv)?,
+        credentials: if a.no_credentials {
+            Some(Vec::new())
+        } else if a.credential.is_empty() {
+            None
+        } else {
+            Some(a.credential.iter().map(ToString::to_string).collect())
+        },
         max_spend_usd: opt(&a.max_spend_usd, policy::parse_spend)?,
         max_requests: opt(&a.max_requests, policy::parse_count)?,
         max_runtime_secs: opt(&a.max_runtime, policy::parse_runtime)?,
@@ -446,6 +460,9 @@ fn verify(store: &AuthStore, a: &TokenArgs, now: SystemTime) -> Result<(), CliEr
                     v.policy.policy_id, v.policy.version, v.policy_hash
                 ));
                 out(&format!("domains:  {}", v.policy.allowed_domains.join(",")));
+                if !v.policy.credentials.is_empty() {
+                    out(&format!("credentials: {}", v.policy.credentials.join("; ")));
+                }
                 out(&format!("limits:   {}", v.policy.limits_summary()));
                 out(&format!("jti:      {}", v.jti));
                 out(&format!("key:      {}", v.kid));

@@ -123,6 +123,13 @@ fn narrow_by_token(p: &mut EffectivePolicy, token: &str) -> Result<(), PolicyCli
     p.max_output_bytes = narrow(p.max_output_bytes, caps.max_output_bytes);
     p.network.max_requests = narrow(p.network.max_requests, caps.max_requests);
     p.network.max_spend_usd = narrow(p.network.max_spend_usd, caps.max_spend_usd);
+    for spec in &tp.credentials {
+        let c: crate::net::credentials::CredentialSpec = spec
+            .parse()
+            .map_err(|e| PolicyCliError::Token(format!("the token's credential: {e}")))?;
+        p.credentials.retain(|have| have.name != c.name);
+        p.credentials.push(c);
+    }
     for d in &tp.allowed_domains {
         let pattern = crate::policy::domain::DomainPattern::parse(d)
             .map_err(|e| PolicyCliError::Token(format!("the token's domain {d:?}: {e}")))?;

@@ -416,6 +416,7 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
     }
 
     // The token: verified before anything starts, and it only narrows.
+    let mut token_credentials: Vec<String> = Vec::new();
     if let Some(token) = &p.token {
         let home = crate::session::store::home_dir().map_err(|e| e.to_string())?;
         let v = crate::auth::verify_for_run(&home, token, std::time::SystemTime::now())
@@ -431,6 +432,16 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
             .allow_domains
             .extend(tp.allowed_domains.iter().cloned());
         rules.max_spend_usd = narrow(rules.max_spend_usd, caps.max_spend_usd);
+        // The token's credentials: bound to the agent, not replaceable by
+        // a flag or the policy file (see the flag merge below).
+        for spec in &tp.credentials {
+            let c: crate::net::credentials::CredentialSpec = spec
+                .parse()
+                .map_err(|e| format!("--token: the policy's credential: {e}"))?;
+            rules.credentials.retain(|have| have.name != c.name);
+            token_credentials.push(c.name.clone());
+            rules.credentials.push(c);
+        }
         rules.sources.push(format!(
             "token {} (policy {} v{})",
             v.jti, tp.policy_id, tp.version
@@ -495,8 +506,15 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
             net.upstream_ca.extend(args.upstream_ca.iter().cloned());
             net.tls_passthrough
                 .extend(args.tls_passthrough.iter().cloned());
-            // A flag replaces a policy-file credential of the same name.
+            // A flag replaces a policy-file credential of the same name,
+            // never one of the token's (which the token binds to the agent).
             for c in &args.credential {
+                if token_credentials.contains(&c.name) {
+                    return Err(format!(
+                        "--credential {}: the token's policy sets this credential",
+                        c.name
+                    ));
+                }
                 net.credentials.retain(|have| have.name != c.name);
                 net.credentials.push(c.clone());
             }

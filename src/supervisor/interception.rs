@@ -81,9 +81,8 @@ impl Interception {
             // other processes of its uid that lack CAP_SYS_PTRACE (the agent
             // never has it). The flag is reset by execve, so the agent's own
             // dumpability is untouched.
-            nix::sys::prctl::set_dumpable(false).map_err(|e| {
-                InterceptionError::Dumpable(std::io::Error::from(e))
-            })?;
+            nix::sys::prctl::set_dumpable(false)
+                .map_err(|e| InterceptionError::Dumpable(std::io::Error::from(e)))?;
             Some(Arc::new(loaded))
         };
         let bundle = Path::new(BUNDLE_DIR).join(format!("{session_id}.pem"));
