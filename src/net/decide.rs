@@ -125,6 +125,9 @@ pub enum Reason {
     UnpricedRequest,
     /// A request to another host carries a credential's placeholder.
     CredentialExfiltration,
+    /// Allowed, but cut off before it completed (the run ended, or the
+    /// client went away while it waited for the upstream).
+    Cancelled,
 }
 
 impl Reason {
@@ -156,6 +159,7 @@ impl Reason {
             Reason::UnknownModel => "unknown_model",
             Reason::UnpricedRequest => "unpriced_request",
             Reason::CredentialExfiltration => "credential_exfiltration",
+            Reason::Cancelled => "cancelled",
         }
     }
 
@@ -167,7 +171,8 @@ impl Reason {
             | Reason::UpstreamUnreachable
             | Reason::UpstreamTimeout
             | Reason::UpstreamError
-            | Reason::UpstreamTls => Decision::Allow,
+            | Reason::UpstreamTls
+            | Reason::Cancelled => Decision::Allow,
             _ => Decision::Deny,
         }
     }

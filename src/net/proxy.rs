@@ -187,6 +187,14 @@ pub struct NetRequest {
     /// Credentials whose secrets were put in this request's headers.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub credentials_injected: Vec<String>,
+    /// A request refused for the budget: what admitting it would have
+    /// committed (spent + reserved + its estimate, USD).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "usd",
+        rename = "needed_usd"
+    )]
+    pub needed: Option<PicoUsd>,
     /// A metered request: the run's spend after it (USD).
     #[serde(
         skip_serializing_if = "Option::is_none",
@@ -560,8 +568,20 @@ enum Route<'a> {
     Tunnel(&'a TunnelTarget),
 }
 
-/// What a record needs, gathered while the request is handled.
+/// What a record needs, gathered while the request is handled. Exactly one
+/// record per `Pending`: [`Pending::finish`] makes it; a `Pending` dropped
+/// unfinished (its request cut off by the proxy stopping, or by the client
+/// going away) records itself as `cancelled`, and a metered request's
+/// meter is settled either way.
 struct Pending {
+    shared: Arc<Shared>,
+    /// Not yet finished: dropping it records it.
+    armed: bool,
+    /// The request may have reached the upstream (a metered one is then
+    /// charged its reservation unless its response settles it).
+    sent: bool,
+    /// A metered request's meter (from admission to settlement).
+    meter: Option<meter::Meter>,
     method: String,
     host: String,
     port: u16,
@@ -574,40 +594,18 @@ struct Pending {
     model: Option<String>,
     cost: Option<PicoUsd>,
     spent: Option<PicoUsd>,
+    needed: Option<PicoUsd>,
     credentials_injected: Vec<String>,
 }
 
 impl Pending {
-    fn finish(self, reason: Option<Reason>, status: u16, up: u64, down: u64) -> NetRequest {
-        let elapsed = self.started.elapsed();
-        NetRequest {
-            method: self.method,
-            host: self.host,
-            port: self.port,
-            path: self.path,
-            resolved: self.resolved,
-            rule: self.rule,
-            decision: reason.map_or(Decision::Allow, Reason::decision),
-            reason,
-            status,
-            sni: self.sni,
-            bytes_up: up,
-            bytes_down: down,
-            duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-            duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            tls: self.tls,
-            model: self.model,
-            cost: self.cost,
-            spent: self.spent,
-            credentials_injected: self.credentials_injected,
-        }
-    }
-}
-
-impl ClientConn {
-    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let mut rec = Pending {
-            method: req.method().as_str().to_owned(),
+    fn new(shared: &Arc<Shared>, method: &Method) -> Self {
+        Pending {
+            shared: Arc::clone(shared),
+            armed: true,
+            sent: false,
+            meter: None,
+            method: method.as_str().to_owned(),
             host: String::new(),
             port: 0,
             path: None,
@@ -619,8 +617,80 @@ impl ClientConn {
             model: None,
             cost: None,
             spent: None,
+            needed: None,
             credentials_injected: Vec::new(),
-        };
+        }
+    }
+
+    /// Settle a metered request that got no (complete) response: charged
+    /// its reservation if it may have reached the upstream, else free.
+    fn settle_unanswered(&mut self) {
+        if let Some(m) = self.meter.take() {
+            let settled = if self.sent {
+                m.settle(None, false)
+            } else {
+                m.unsent()
+            };
+            self.settled(settled);
+        }
+    }
+
+    fn settled(&mut self, s: Option<crate::net::spend::Settlement>) {
+        if let Some(s) = s {
+            self.cost = Some(s.cost);
+            self.spent = Some(s.spent);
+        }
+    }
+
+    /// Make the record and emit it (once).
+    fn finish(mut self, reason: Option<Reason>, status: u16, up: u64, down: u64) {
+        self.settle_unanswered();
+        self.armed = false;
+        let rec = self.record(reason, status, up, down);
+        self.shared.emit(rec);
+    }
+
+    fn record(&mut self, reason: Option<Reason>, status: u16, up: u64, down: u64) -> NetRequest {
+        let elapsed = self.started.elapsed();
+        NetRequest {
+            method: std::mem::take(&mut self.method),
+            host: std::mem::take(&mut self.host),
+            port: self.port,
+            path: self.path.take(),
+            resolved: self.resolved,
+            rule: self.rule.take(),
+            decision: reason.map_or(Decision::Allow, Reason::decision),
+            reason,
+            status,
+            sni: self.sni.take(),
+            bytes_up: up,
+            bytes_down: down,
+            duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+            duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            tls: self.tls,
+            model: self.model.take(),
+            cost: self.cost,
+            spent: self.spent,
+            needed: self.needed,
+            credentials_injected: std::mem::take(&mut self.credentials_injected),
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.armed {
+            self.armed = false;
+            self.settle_unanswered();
+            let rec = self.record(Some(Reason::Cancelled), 0, 0, 0);
+            self.shared.emit(rec);
+        }
+    }
+}
+
+impl ClientConn {
+    async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let mut rec = Pending::new(&self.shared, req.method());
         if let Some(target) = &self.tunnel {
             return self.intercepted(req, rec, Arc::clone(target)).await;
         }
@@ -644,7 +714,7 @@ impl ClientConn {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        self.shared.emit(rec.finish(Some(reason), status, 0, len));
+        rec.finish(Some(reason), status, 0, len);
         resp
     }
 
@@ -734,8 +804,8 @@ impl ClientConn {
             .as_deref()
             .filter(|_| parts.method == Method::POST)
             .and_then(|spend| Some((spend, Endpoint::from_path(parts.uri.path())?)));
-        let (body, mut meter) = match metered {
-            None => (RequestInner::Stream(body), None),
+        let body = match metered {
+            None => RequestInner::Stream(body),
             Some((spend, endpoint)) => {
                 let bytes = match meter::read_body(body).await {
                     Ok(b) => b,
@@ -748,8 +818,9 @@ impl ClientConn {
                 }
                 let admitted = match spend.admit(endpoint, &bytes) {
                     Ok(a) => a,
-                    Err(reason) => {
+                    Err((reason, needed)) => {
                         rec.spent = Some(spend.spent());
+                        rec.needed = needed;
                         return self.refuse(rec, reason);
                     }
                 };
@@ -764,23 +835,19 @@ impl ClientConn {
                     header::ACCEPT_ENCODING,
                     HeaderValue::from_static("identity"),
                 );
-                (RequestInner::Full(Some(bytes)), Some(admitted.meter))
+                rec.meter = Some(admitted.meter);
+                RequestInner::Full(Some(bytes))
             }
         };
-        // Refuse before sending: a metered request releases its reservation.
-        let unsent = |mut rec: Pending, meter: Option<meter::Meter>, reason| {
-            if let Some(s) = meter.and_then(meter::Meter::unsent) {
-                rec.cost = Some(s.cost);
-                rec.spent = Some(s.spent);
-            }
-            self.refuse(rec, reason)
-        };
+        // From here a refusal releases a metered request's reservation
+        // (see Pending::finish): it was not sent.
+        let unsent = |rec: Pending, reason| self.refuse(rec, reason);
 
         let mut upstream = match cached {
             Some(u) => {
                 rec.resolved = Some(u.addr);
                 if !self.shared.take_slot() {
-                    return unsent(rec, meter, Reason::MaxRequests);
+                    return unsent(rec, Reason::MaxRequests);
                 }
                 u
             }
@@ -788,13 +855,13 @@ impl ClientConn {
                 let candidates = match route {
                     Route::Plain(addrs) => match self.shared.candidates(&host, port, addrs).await {
                         Ok(c) => c,
-                        Err(reason) => return unsent(rec, meter, reason),
+                        Err(reason) => return unsent(rec, reason),
                     },
                     Route::Tunnel(t) => t.candidates.clone(),
                 };
                 rec.resolved = candidates.first().copied();
                 if !self.shared.take_slot() {
-                    return unsent(rec, meter, Reason::MaxRequests);
+                    return unsent(rec, Reason::MaxRequests);
                 }
                 let dialled = match route {
                     Route::Plain(_) => self.shared.dial_http(&candidates, host, port).await,
@@ -802,13 +869,13 @@ impl ClientConn {
                 };
                 match dialled {
                     Ok(u) => u,
-                    Err(reason) => return unsent(rec, meter, reason),
+                    Err(reason) => return unsent(rec, reason),
                 }
             }
         };
         rec.resolved = Some(upstream.addr);
         if upstream.sender.ready().await.is_err() {
-            return unsent(rec, meter, Reason::UpstreamError);
+            return unsent(rec, Reason::UpstreamError);
         }
 
         parts.uri = parts
@@ -823,6 +890,7 @@ impl ClientConn {
             inner: body,
             up: Arc::clone(&up),
         };
+        rec.sent = true;
         let sent = upstream
             .sender
             .send_request(Request::from_parts(parts, body));
@@ -836,11 +904,8 @@ impl ClientConn {
         let response = match response {
             Ok(r) => r,
             Err(e) => {
-                // Sent (perhaps): a metered request is charged its reservation.
-                if let Some(s) = meter.take().and_then(|m| m.settle(None, false)) {
-                    rec.cost = Some(s.cost);
-                    rec.spent = Some(s.spent);
-                }
+                // Sent (perhaps): a metered request is charged its
+                // reservation (Pending::finish).
                 let reason = if e.is_some() {
                     Reason::UpstreamError
                 } else {
@@ -855,7 +920,7 @@ impl ClientConn {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let status = parts.status.as_u16();
-        if let Some(m) = meter.as_mut() {
+        if let Some(m) = rec.meter.as_mut() {
             let event_stream = parts
                 .headers
                 .get(header::CONTENT_TYPE)
@@ -871,8 +936,6 @@ impl ClientConn {
             status,
             up,
             record: Some(rec),
-            meter,
-            shared: Arc::clone(&self.shared),
         })));
         Response::from_parts(parts, body)
     }
@@ -1122,8 +1185,7 @@ impl Tunnel {
     ) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
         Box::pin(async move {
             let end = self.splice(upgrade).await;
-            let shared = Arc::clone(&self.guard.0);
-            shared.emit(self.rec.finish(end.reason, 200, end.up, end.down));
+            self.rec.finish(end.reason, 200, end.up, end.down);
             drop(self.guard);
         })
     }
@@ -1373,28 +1435,21 @@ struct UpstreamBody {
     ended: bool,
     status: u16,
     up: Arc<AtomicU64>,
+    /// Its record (with a metered request's meter), made on drop.
     record: Option<Pending>,
-    /// A metered request's meter, settled when the body is dropped.
-    meter: Option<meter::Meter>,
-    shared: Arc<Shared>,
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         if let Some(mut rec) = self.record.take() {
             let complete = !self.failed && (self.ended || self.inner.is_end_stream());
-            if let Some(s) = self
-                .meter
-                .take()
-                .and_then(|m| m.settle(Some(self.status), complete))
-            {
-                rec.cost = Some(s.cost);
-                rec.spent = Some(s.spent);
+            if let Some(m) = rec.meter.take() {
+                let settled = m.settle(Some(self.status), complete);
+                rec.settled(settled);
             }
             let reason = self.failed.then_some(Reason::UpstreamError);
             let up = self.up.load(Ordering::Relaxed);
-            self.shared
-                .emit(rec.finish(reason, self.status, up, self.down));
+            rec.finish(reason, self.status, up, self.down);
         }
     }
 }
@@ -1415,7 +1470,7 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Some(data) = frame.data_ref() {
                             u.down += data.len() as u64;
-                            if let Some(m) = u.meter.as_mut() {
+                            if let Some(m) = u.record.as_mut().and_then(|r| r.meter.as_mut()) {
                                 m.feed(data);
                             }
                         }

@@ -230,7 +230,8 @@ impl Loop<'_> {
                     && (record.reason == Some(Reason::BudgetExceeded)
                         || record.spent.is_some_and(|s| s >= *budget))
             });
-            let spent = record.spent;
+            // A refusal says what admitting it would have committed.
+            let spent = record.needed.or(record.spent);
             self.emit(&Event::NetRequest(Box::new(record)));
             if let Some(limit) = over_budget {
                 self.violate(Violation::BudgetExceeded {

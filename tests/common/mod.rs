@@ -8,6 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod clients;
+pub mod fake_llm;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_vallignus");
 

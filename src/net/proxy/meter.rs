@@ -58,18 +58,26 @@ impl Spend {
         }
     }
 
-    /// Price `body`, reserve its estimate, or say why not.
-    pub(super) fn admit(&self, endpoint: Endpoint, body: &[u8]) -> Result<Admitted, Reason> {
+    /// Price `body`, reserve its estimate, or say why not (with, for the
+    /// budget, what admitting it would have committed).
+    pub(super) fn admit(
+        &self,
+        endpoint: Endpoint,
+        body: &[u8],
+    ) -> Result<Admitted, (Reason, Option<PicoUsd>)> {
         let plan = spend::plan(&self.prices, self.default_max_tokens, endpoint, body).map_err(
             |e| match e {
-                SpendError::UnknownModel(_) => Reason::UnknownModel,
-                SpendError::Request(_) => Reason::UnpricedRequest,
+                SpendError::UnknownModel(_) => (Reason::UnknownModel, None),
+                SpendError::Request(_) => (Reason::UnpricedRequest, None),
             },
         )?;
-        let reservation = self
-            .ledger
-            .reserve(plan.estimate)
-            .map_err(|_| Reason::BudgetExceeded)?;
+        let reservation = self.ledger.reserve(plan.estimate).map_err(|e| {
+            let needed = e
+                .spent
+                .saturating_add(e.reserved)
+                .saturating_add(e.estimate);
+            (Reason::BudgetExceeded, Some(needed))
+        })?;
         Ok(Admitted {
             body: plan.body,
             meter: Meter {
@@ -209,21 +217,25 @@ mod tests {
     #[test]
     fn refusals_name_their_reason() {
         let s = spend("0.000001");
-        assert_eq!(
-            s.admit(Endpoint::OpenAiChat, CHAT).err(),
-            Some(Reason::BudgetExceeded)
-        );
+        let needed = match s.admit(Endpoint::OpenAiChat, CHAT) {
+            Err((Reason::BudgetExceeded, Some(needed))) => needed,
+            _ => panic!("expected budget_exceeded"),
+        };
+        assert!(needed > PicoUsd::parse_usd("0.000001").unwrap());
         let s = spend("1");
         assert_eq!(
             s.admit(
                 Endpoint::OpenAiChat,
                 br#"{"model":"no-such-model-xyz","messages":[]}"#
             )
-            .err(),
+            .err()
+            .map(|e| e.0),
             Some(Reason::UnknownModel)
         );
         assert_eq!(
-            s.admit(Endpoint::OpenAiChat, b"not json").err(),
+            s.admit(Endpoint::OpenAiChat, b"not json")
+                .err()
+                .map(|e| e.0),
             Some(Reason::UnpricedRequest)
         );
     }
