@@ -58,6 +58,7 @@ use crate::policy::domain::{parse_host, DomainPattern, Host};
 
 mod intercept;
 mod meter;
+mod splice;
 
 use intercept::{Prefixed, TunnelTarget};
 pub use meter::Spend;
@@ -1286,15 +1287,16 @@ impl Tunnel {
                 down: 0,
             };
         }
-        let mut counted = Counted::new(client, first.len() as u64);
+        let up = AtomicU64::new(first.len() as u64);
+        let down = AtomicU64::new(0);
         tokio::select! {
-            _ = tokio::io::copy_bidirectional_with_sizes(&mut counted, &mut upstream, 64 * 1024, 64 * 1024) => {}
+            _ = splice::relay(&client, &upstream, &up, &down) => {}
             () = stopped(shared.stop.clone()) => {}
         }
         TunnelEnd {
             reason: None,
-            up: counted.up.load(Ordering::Relaxed),
-            down: counted.down.load(Ordering::Relaxed),
+            up: up.load(Ordering::Relaxed),
+            down: down.load(Ordering::Relaxed),
         }
     }
 }
