@@ -940,3 +940,62 @@ fn a_request_waiting_for_its_response_when_the_run_ends_is_recorded() {
         "the records' cost_usd add up to {charged} USD, session spend_usd is {spend} USD: {reqs:?}"
     );
 }
+
+const RULES_POLICY: &str = r#"
+constraints:
+  network:
+    requests:
+      - domain: api.openai.test
+        methods: [POST]
+        paths: [/v1/chat/]
+"#;
+
+const RULES_SCRIPT: &str = r#"
+curl -sS -o /dev/null -w "post %{http_code}\n" -H 'content-type: application/json' -d "$2" "$1/v1/chat/completions"
+curl -sS -o /dev/null -w "get %{http_code}\n" "$1/v1/chat/completions"
+curl -sS -o /dev/null -w "other %{http_code}\n" -d '{}' "$1/v1/responses"
+curl -sS --path-as-is -o /dev/null -w "dots %{http_code}\n" -d '{}' "$1/v1/chat/../../health"
+"#;
+
+#[test]
+fn method_and_path_rules_apply_inside_tunnels() {
+    let test = "method_and_path_rules_apply_inside_tunnels";
+    if !network_available(test) {
+        return;
+    }
+    let fake = match FakeLlm::start() {
+        Ok(f) => f,
+        Err(why) => return skip(test, &why),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, RULES_POLICY).unwrap();
+    let h = Home::new();
+    let mut flags = fake.flags(&["api.openai.test"], true);
+    flags.extend(["--policy".to_owned(), policy.to_str().unwrap().to_owned()]);
+    let base = fake.url("api.openai.test", "");
+    let o = run(
+        &h,
+        &flags,
+        &["sh", "-c", RULES_SCRIPT, "sh", &base, GPT_BODY],
+    );
+    assert_eq!(code(&o), 0, "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(line(&out, "post "), "post 200", "{out}");
+    for refused in ["get ", "other ", "dots "] {
+        assert_eq!(line(&out, refused), format!("{refused}403"), "{out}");
+    }
+    // Only the allowed request reached the upstream.
+    let seen = fake.log();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["method"], "POST");
+    let (reqs, _) = split(&h);
+    let denied: Vec<_> = reqs
+        .iter()
+        .filter(|r| r["reason"] == "request_not_allowed")
+        .collect();
+    assert_eq!(denied.len(), 3, "{reqs:?}");
+    assert!(denied
+        .iter()
+        .all(|r| r["status"] == 403 && r["decision"] == "deny"));
+}
