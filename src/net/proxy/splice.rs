@@ -3,9 +3,10 @@
 //! user space, where a buffered copy costs two copies per byte and a
 //! wake-up per 64 KiB.
 //!
-//! Each direction owns a pipe and drains it completely before it reads
-//! again, so a splice into the pipe never blocks and the pipe never holds
-//! more than one chunk. A direction ends at end-of-file (the write side of
+//! Each direction owns a pipe and reads into it while it has room and
+//! writes from it while it holds data, both at once, tracking how much it
+//! holds (a splice into a full pipe would only return EAGAIN: the
+//! calls are non-blocking). A direction ends at end-of-file (the write side of
 //! the other socket is then shut down, as a half-close) or an error; the
 //! tunnel ends when both have.
 
@@ -17,8 +18,11 @@ use nix::fcntl::{splice, OFlag, SpliceFFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-/// Bytes moved per splice call (the default pipe capacity).
-const CHUNK: usize = 64 * 1024;
+/// The pipe's capacity and the most one splice call moves: larger chunks
+/// mean fewer wake-ups per byte (the default pipe holds 64 KiB). If the
+/// kernel refuses the size (pipe-max-size, per-user pipe limits), the
+/// default capacity is used and splice calls simply move less.
+const CHUNK: usize = 1024 * 1024;
 
 /// Relay `a` ⇄ `b` until both directions end; `a_to_b` and `b_to_a` count
 /// the bytes moved.
@@ -35,47 +39,56 @@ pub(super) async fn relay(
 async fn one_way(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Result<()> {
     let (pipe_r, pipe_w) = pipe()?;
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+    // Bytes in the pipe; reading and writing overlap while it has both
+    // data and room, so neither socket waits for the other's round trip.
+    let mut held = 0usize;
+    let mut eof = false;
     loop {
-        // Socket → pipe: whatever is there, up to a chunk.
-        let n = loop {
-            from.readable().await?;
-            match from.try_io(Interest::READABLE, || {
-                splice(from, None, &pipe_w, None, CHUNK, flags).map_err(io::Error::from)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        };
-        if n == 0 {
-            // End of file: pass the half-close on.
+        if eof && held == 0 {
+            // End of file and all passed on: pass the half-close on too.
             let _ = nix::sys::socket::shutdown(
                 std::os::fd::AsRawFd::as_raw_fd(to),
                 nix::sys::socket::Shutdown::Write,
             );
             return Ok(());
         }
-        // Pipe → socket: all of it before reading more.
-        let mut left = n;
-        while left > 0 {
-            to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || {
-                splice(&pipe_r, None, to, None, left, flags).map_err(io::Error::from)
-            }) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(m) => {
-                    left -= m;
-                    count.fetch_add(m as u64, Ordering::Relaxed);
+        tokio::select! {
+            ready = from.readable(), if !eof && held < CHUNK => {
+                ready?;
+                match from.try_io(Interest::READABLE, || {
+                    splice(from, None, &pipe_w, None, CHUNK - held, flags).map_err(io::Error::from)
+                }) {
+                    Ok(0) => eof = true,
+                    Ok(n) => held += n,
+                    // Not readable after all, or the pipe is full (the
+                    // kernel gave it less room than asked): wait again.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+            }
+            ready = to.writable(), if held > 0 => {
+                ready?;
+                match to.try_io(Interest::WRITABLE, || {
+                    splice(&pipe_r, None, to, None, held, flags).map_err(io::Error::from)
+                }) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(m) => {
+                        held -= m;
+                        count.fetch_add(m as u64, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
     }
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?)
+    let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+    let size = libc::c_int::try_from(CHUNK).unwrap_or(libc::c_int::MAX);
+    let _ = nix::fcntl::fcntl(&w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size));
+    Ok((r, w))
 }
 
 #[cfg(test)]
