@@ -347,7 +347,7 @@ fn run_session(
     };
     let network = parent_setup.and_then(|()| match &policy.network {
         Some(req) if plan.network_mode == Some(NetMode::Proxy) => {
-            start_network(session_id, &pending, req, interception, policy, enforcement).map(Some)
+            start_network(session_id, &pending, req, interception, enforcement).map(Some)
         }
         _ => Ok(None),
     });
@@ -447,9 +447,7 @@ fn run_session(
         Containment::ProcessGroup { .. } => None,
     };
     remove_containment(containment, policy);
-    if let Some(net) = network {
-        stop_network(net, journal, record, policy);
-    }
+    let net_teardown = network.map(|net| stop_network(net, journal, record, policy));
 
     // The violation alert, if one was sent: it had the whole teardown to
     // finish (and at most alert::TIMEOUT in all); record how it went.
@@ -466,6 +464,9 @@ fn run_session(
     }
 
     let report = finish(policy, record, journal, &recorder, &outcome, stats, started);
+    if let Some(teardown) = net_teardown {
+        teardown.wait(policy);
+    }
     Ok(report)
 }
 
@@ -477,6 +478,8 @@ struct Network {
     env: Vec<(String, String)>,
     /// The CA and budget (dropping it removes the agent's CA bundle).
     interception: Option<interception::Interception>,
+    /// The removal of dead supervisors' veths and tables.
+    reaper: Option<std::thread::JoinHandle<Result<Vec<String>, crate::net::netns::NetError>>>,
 }
 
 /// Build the agent's only way out (DESIGN.md "Network path"): a veth pair
@@ -488,7 +491,6 @@ fn start_network(
     pending: &spawn::Pending,
     req: &crate::policy::NetworkRequest,
     interception: Option<interception::Interception>,
-    policy: &RunPolicy,
     enforcement: &mut EnforcementMap,
 ) -> Result<Network, RunError> {
     use crate::net::{decide, netns, proxy};
@@ -514,13 +516,13 @@ fn start_network(
         .map_err(|e| err("rules", &e))?
         .with_passthrough(passthrough)
         .with_request_rules(req.request_rules.clone());
-    // Veths and nft tables of supervisors that died (runs without a proxy
-    // do not pay for this check: it costs an nft process).
-    if let Ok(removed) = netns::reap_orphans() {
-        for what in removed {
-            note(policy, &format!("removed {what} of a supervisor that died"));
-        }
-    }
+    // Veths and nft tables of supervisors that died, removed on a thread
+    // while this run's network is set up (it costs an nft process; runs
+    // without a proxy do not pay for it). Its notes come at the end.
+    let reaper = std::thread::Builder::new()
+        .name("netns-reap".into())
+        .spawn(netns::reap_orphans)
+        .ok();
     let handle = netns::setup_run(session_id, netns::NsTarget::Pidfd(pending.pidfd.as_fd()))
         .map_err(|e| err("cannot set up the network namespace", &e))?;
     // Each proxied connection costs two fds (client and upstream): raise
@@ -642,6 +644,7 @@ fn start_network(
         proxy,
         env,
         interception,
+        reaper,
     })
 }
 
@@ -666,14 +669,18 @@ fn listen(addr: std::net::SocketAddrV4) -> std::io::Result<std::net::TcpListener
     Ok(std::net::TcpListener::from(fd))
 }
 
-/// Stop the proxy, record its last requests and counters, remove the veth
-/// and the nft tables.
+/// Stop the proxy, record its last requests and counters, and start
+/// removing the veth and the nft tables: that takes the kernel tens of
+/// milliseconds (an RCU grace period per veth), so it runs on a thread
+/// while the session is finished, and the run waits for it before it
+/// returns ([`NetTeardown::wait`]). The agent is gone by now: nothing can
+/// use the veth in between.
 fn stop_network(
     mut net: Network,
     journal: &mut Journal,
     record: &mut Option<Record>,
     policy: &RunPolicy,
-) {
+) -> NetTeardown {
     let _ = net.proxy.shutdown();
     for r in net.proxy.drain_records() {
         let _ = journal.emit(&Event::NetRequest(Box::new(r)));
@@ -693,8 +700,42 @@ fn stop_network(
         }
     }
     drop(net.interception.take());
-    if let Err(e) = net.handle.teardown() {
-        note(policy, &format!("cannot remove the run's network: {e}"));
+    if let Some(Ok(Ok(removed))) = net.reaper.take().map(std::thread::JoinHandle::join) {
+        for what in removed {
+            note(policy, &format!("removed {what} of a supervisor that died"));
+        }
+    }
+    let handle = net.handle;
+    match std::thread::Builder::new()
+        .name("netns-teardown".into())
+        .spawn(move || handle.teardown())
+    {
+        Ok(thread) => NetTeardown(Some(thread)),
+        // No thread: the handle went with the closure, whose drop removed
+        // the network right here (NetHandle's Drop).
+        Err(_) => NetTeardown(None),
+    }
+}
+
+/// The removal of a run's veth and tables, under way on a thread.
+struct NetTeardown(Option<std::thread::JoinHandle<Result<(), crate::net::netns::NetError>>>);
+
+impl NetTeardown {
+    fn wait(self, policy: &RunPolicy) {
+        let result = match self.0.map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => {
+                note(
+                    policy,
+                    "cannot remove the run's network: its thread panicked",
+                );
+                return;
+            }
+            None => Ok(()),
+        };
+        if let Err(e) = result {
+            note(policy, &format!("cannot remove the run's network: {e}"));
+        }
     }
 }
 
