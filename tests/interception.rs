@@ -394,6 +394,9 @@ fn spend_of_plain_openai_requests_via_curl() {
     let s = h.session_json();
     assert_usd(&s["spend_usd"], 2 * MINI_COST, "session spend_usd");
     assert!(s["termination_reason"].is_null(), "{s}");
+    let show = h.run(&["sessions", "show", s["session_id"].as_str().unwrap()]);
+    assert!(stdout(&show).contains("Spend"), "{}", stdout(&show));
+    assert!(stdout(&show).contains("$0.0009"), "{}", stdout(&show));
 }
 
 const SDK_SCRIPT: &str = r#"

@@ -348,6 +348,9 @@ fn show(args: &ShowArgs) -> Result<(), SessionError> {
                 ),
             );
         }
+        if let Some(usd) = meta.spend_usd {
+            row("Spend", format!("${usd}"));
+        }
         for (layer, e) in &meta.enforcement {
             let state = if e.enforced {
                 "enforced"
