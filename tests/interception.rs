@@ -1002,3 +1002,81 @@ fn method_and_path_rules_apply_inside_tunnels() {
         .iter()
         .all(|r| r["status"] == 403 && r["decision"] == "deny"));
 }
+
+/// A WebSocket client by hand: CONNECT through the proxy, TLS with the
+/// run's bundle, the handshake, then raw bytes echoed back.
+const WS_CLIENT: &str = r#"
+import os, socket, ssl, sys
+host, port = sys.argv[1], int(sys.argv[2])
+proxy = os.environ["HTTPS_PROXY"].split("//", 1)[1].rstrip("/")
+ph, pp = proxy.rsplit(":", 1)
+s = socket.create_connection((ph, int(pp)), timeout=10)
+s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+r = b""
+while b"\r\n\r\n" not in r:
+    r += s.recv(4096)
+ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+t = ctx.wrap_socket(s, server_hostname=host)
+t.sendall((f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: Upgrade\r\n"
+           "Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    head += t.recv(4096)
+head, rest = head.split(b"\r\n\r\n", 1)
+print("status", head.split(b"\r\n")[0].decode())
+print("accept", b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head)
+for msg in (b"ping-1", b"ping-two"):
+    t.sendall(msg)
+    got = rest
+    while len(got) < len(msg):
+        got += t.recv(4096)
+    rest = b""
+    print("echo", got.decode())
+t.close()
+"#;
+
+#[test]
+fn websockets_work_inside_intercepted_tunnels() {
+    let test = "websockets_work_inside_intercepted_tunnels";
+    if !network_available(test) {
+        return;
+    }
+    let fake = match FakeLlm::start() {
+        Ok(f) => f,
+        Err(why) => return skip(test, &why),
+    };
+    let python = system_python().unwrap();
+    let h = Home::new();
+    let flags = fake.flags(&["api.openai.test"], true);
+    let port = fake.port.to_string();
+    let o = run(
+        &h,
+        &flags,
+        &[
+            python.to_str().unwrap(),
+            "-c",
+            WS_CLIENT,
+            "api.openai.test",
+            &port,
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(
+        line(&out, "status "),
+        "status HTTP/1.1 101 Switching Protocols",
+        "{out}"
+    );
+    assert_eq!(line(&out, "accept "), "accept True", "{out}");
+    let echoes: Vec<&str> = out.lines().filter(|l| l.starts_with("echo ")).collect();
+    assert_eq!(echoes, ["echo ping-1", "echo ping-two"], "{out}");
+    let (reqs, _) = split(&h);
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0]["path"], "/ws");
+    assert_eq!(reqs[0]["status"], 101);
+    assert_eq!(reqs[0]["tls"], "intercepted");
+    assert!(reqs[0]["reason"].is_null(), "{}", reqs[0]);
+    assert_eq!(reqs[0]["bytes_up"], 14, "{}", reqs[0]);
+    assert_eq!(reqs[0]["bytes_down"], 14, "{}", reqs[0]);
+}

@@ -59,6 +59,7 @@ use crate::policy::domain::{parse_host, DomainPattern, Host};
 mod intercept;
 mod meter;
 mod splice;
+mod upgrade;
 
 use intercept::{Prefixed, TunnelTarget};
 pub use meter::Spend;
@@ -764,7 +765,7 @@ impl ClientConn {
     /// (connection reuse, the request cap, spend metering, the record).
     async fn exchange(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         mut rec: Pending,
         host: Host,
         port: u16,
@@ -781,6 +782,11 @@ impl ClientConn {
         if cached.is_none() && self.shared.cap_reached() {
             return self.refuse(rec, Reason::MaxRequests);
         }
+
+        // A WebSocket handshake: the client's side of the upgrade, taken
+        // before the request is taken apart.
+        let websocket = upgrade::wants_websocket(req.headers());
+        let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
 
         // Credentials: placeholders in the headers become the secrets for
         // their hosts; a placeholder going anywhere else (headers, URL, a
@@ -886,6 +892,9 @@ impl ClientConn {
             .map_or_else(|| Uri::from_static("/"), Uri::from);
         parts.version = Version::HTTP_11;
         strip_hop_by_hop(&mut parts.headers);
+        if websocket {
+            upgrade::restore_upgrade_headers(&mut parts.headers);
+        }
         let up = Arc::new(AtomicU64::new(0));
         let body = RequestBody {
             inner: body,
@@ -915,6 +924,20 @@ impl ClientConn {
                 return self.refuse(rec, reason);
             }
         };
+        let mut response = response;
+        if let Some(client_upgrade) =
+            client_upgrade.filter(|_| response.status() == StatusCode::SWITCHING_PROTOCOLS)
+        {
+            // Switched: the upstream connection is the WebSocket's now (not
+            // kept for reuse); relay both sides once the 101 is sent.
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            let (mut parts, _empty) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            upgrade::restore_upgrade_headers(&mut parts.headers);
+            let guard = self.shared.active();
+            tokio::spawn(upgrade::relay(guard, rec, client_upgrade, upstream_upgrade));
+            return Response::from_parts(parts, ProxyBody::empty());
+        }
         if let Ok(mut slot) = self.upstream.lock() {
             *slot = Some(upstream);
         }
@@ -1151,7 +1174,8 @@ where
         .await
         .map_err(|_| Reason::UpstreamError)?;
     tokio::spawn(async move {
-        let _ = conn.await;
+        // with_upgrades: a WebSocket handshake may switch this connection.
+        let _ = conn.with_upgrades().await;
     });
     Ok(Upstream {
         host,
