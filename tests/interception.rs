@@ -944,9 +944,14 @@ fn a_request_waiting_for_its_response_when_the_run_ends_is_recorded() {
     );
 }
 
+/// `{port}` is the fake server's: the policy file names it for
+/// `resolve` and `connect_ports` (no flags for those in this test).
 const RULES_POLICY: &str = r#"
 constraints:
   network:
+    allow_domains: [api.openai.test]
+    resolve: ["api.openai.test:{port}:127.0.0.1"]
+    connect_ports: [{port}]
     requests:
       - domain: api.openai.test
         methods: [POST]
@@ -972,10 +977,18 @@ fn method_and_path_rules_apply_inside_tunnels() {
     };
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, RULES_POLICY).unwrap();
+    std::fs::write(
+        &policy,
+        RULES_POLICY.replace("{port}", &fake.port.to_string()),
+    )
+    .unwrap();
     let h = Home::new();
-    let mut flags = fake.flags(&["api.openai.test"], true);
-    flags.extend(["--policy".to_owned(), policy.to_str().unwrap().to_owned()]);
+    let flags = strings(&[
+        "--upstream-ca",
+        &fake.ca_str(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
     let base = fake.url("api.openai.test", "");
     let o = run(
         &h,

@@ -389,6 +389,11 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
                 .deny_domains
                 .extend(net.deny_domains.iter().map(|d| d.to_string()));
             rules.max_spend_usd = eff.network.max_spend_usd;
+            // The file's --resolve entries first: flags given later win.
+            rules.resolve.extend(net.resolve.iter().cloned());
+            rules
+                .connect_ports
+                .extend(net.connect_ports.iter().copied());
             rules.upstream_ca.extend(net.upstream_ca.iter().cloned());
             rules
                 .tls_passthrough

@@ -243,6 +243,10 @@ pub struct NetworkRules {
     pub max_requests: Option<u64>,
     /// Always > 0 when set.
     pub max_spend_usd: Option<f64>,
+    /// `resolve: ["HOST:PORT:ADDR"]`: as `run --resolve` (validated).
+    pub resolve: Vec<String>,
+    /// `connect_ports: [PORT]`: as `run --connect-port`.
+    pub connect_ports: Vec<u16>,
     /// `upstream_ca: [FILE]`: as `run --upstream-ca` (relative to the file).
     pub upstream_ca: Vec<PathBuf>,
     /// `tls_passthrough: [DOMAIN]`: as `run --tls-passthrough`.
@@ -414,6 +418,10 @@ struct RawNetwork {
     max_requests: Leaf,
     #[serde(default)]
     max_spend_usd: Leaf,
+    #[serde(default)]
+    resolve: Option<Vec<Spanned<Scalar>>>,
+    #[serde(default)]
+    connect_ports: Option<Vec<Spanned<Scalar>>>,
     #[serde(default)]
     upstream_ca: Option<Vec<Spanned<Scalar>>>,
     #[serde(default)]
@@ -657,6 +665,8 @@ impl Validator<'_> {
                 "constraints.network.max_spend_usd",
                 |v, k| self.money(v, k),
             )?,
+            resolve: self.resolve_list(raw.resolve, "constraints.network.resolve")?,
+            connect_ports: self.ports(raw.connect_ports, "constraints.network.connect_ports")?,
             upstream_ca: self.paths(raw.upstream_ca, "constraints.network.upstream_ca")?,
             tls_passthrough: self
                 .domains(raw.tls_passthrough, "constraints.network.tls_passthrough")?,
@@ -671,6 +681,47 @@ impl Validator<'_> {
                 .map(|(i, r)| self.request_rule(r, &format!("constraints.network.requests[{i}]")))
                 .collect::<Result<_, _>>()?,
         })
+    }
+
+    /// `["HOST:PORT:ADDR", ...]`, each checked as `run --resolve` checks it.
+    fn resolve_list(
+        &self,
+        list: Option<Vec<Spanned<Scalar>>>,
+        key: &str,
+    ) -> Result<Vec<String>, PolicyFileError> {
+        let mut out = Vec::new();
+        for (i, item) in list.unwrap_or_default().iter().enumerate() {
+            let item_key = format!("{key}[{i}]");
+            let Scalar::Str(text) = &item.value else {
+                return Err(self.invalid(&item_key, item, "expected HOST:PORT:ADDR"));
+            };
+            text.parse::<crate::net::decide::ResolveOverride>()
+                .map_err(|e| self.invalid(&item_key, item, e.to_string()))?;
+            out.push(text.clone());
+        }
+        Ok(out)
+    }
+
+    /// `[PORT, ...]`: TCP ports 1..=65535.
+    fn ports(
+        &self,
+        list: Option<Vec<Spanned<Scalar>>>,
+        key: &str,
+    ) -> Result<Vec<u16>, PolicyFileError> {
+        let mut out = Vec::new();
+        for (i, item) in list.unwrap_or_default().iter().enumerate() {
+            let item_key = format!("{key}[{i}]");
+            match item.value {
+                Scalar::Int(n) if (1..=65535).contains(&n) => {
+                    let port = u16::try_from(n).unwrap_or(u16::MAX);
+                    if !out.contains(&port) {
+                        out.push(port);
+                    }
+                }
+                _ => return Err(self.invalid(&item_key, item, "expected a port, 1 to 65535")),
+            }
+        }
+        Ok(out)
     }
 
     /// A file path; a relative one is relative to the policy file.
@@ -1019,6 +1070,8 @@ pub struct EffectiveNetwork {
     pub default_policy: DefaultPolicy,
     pub max_requests: Option<u64>,
     pub max_spend_usd: Option<f64>,
+    pub resolve: Vec<String>,
+    pub connect_ports: Vec<u16>,
     pub upstream_ca: Vec<PathBuf>,
     pub tls_passthrough: Vec<DomainPattern>,
     pub prices: Option<PathBuf>,
@@ -1080,6 +1133,8 @@ pub fn resolve(file: Option<&PolicyFile>, flags: &FlagOverrides) -> EffectivePol
             default_policy: net.default_policy.unwrap_or_default(),
             max_requests: nonzero(flags.max_requests.or(net.max_requests)),
             max_spend_usd: net.max_spend_usd,
+            resolve: net.resolve,
+            connect_ports: net.connect_ports,
             upstream_ca: net.upstream_ca,
             tls_passthrough: net.tls_passthrough,
             prices: net.prices,
@@ -1154,6 +1209,8 @@ impl EffectivePolicy {
                     default_policy: self.network.default_policy.as_str(),
                     max_requests: self.network.max_requests,
                     max_spend_usd: self.network.max_spend_usd,
+                    resolve: self.network.resolve.clone(),
+                    connect_ports: self.network.connect_ports.clone(),
                     upstream_ca: self
                         .network
                         .upstream_ca
@@ -1238,6 +1295,10 @@ struct DocNetwork {
     default_policy: &'static str,
     max_requests: Option<u64>,
     max_spend_usd: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    resolve: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    connect_ports: Vec<u16>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     upstream_ca: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -564,6 +564,8 @@ constraints:
   network:
     allow_domains: [api.openai.com]
     upstream_ca: [ca.pem, /etc/extra-ca.pem]
+    resolve: ["api.openai.com:443:127.0.0.1"]
+    connect_ports: [443, 8443, 443]
     tls_passthrough: ["*.pinned.example"]
     prices: my-prices.yaml
     requests:
@@ -591,6 +593,8 @@ fn tls_requests_and_credentials_parse() {
         ]
     );
     assert_eq!(n.tls_passthrough[0].to_string(), "*.pinned.example");
+    assert_eq!(n.resolve, ["api.openai.com:443:127.0.0.1"]);
+    assert_eq!(n.connect_ports, [443, 8443]);
     assert_eq!(
         n.prices.as_deref(),
         Some(Path::new("/etc/vallignus/my-prices.yaml"))
@@ -631,6 +635,18 @@ fn bad_request_rules_and_credentials_are_named() {
         3,
         "constraints.network.tls_passthrough[0]",
     );
+    err_at(
+        "constraints:\n  network:\n    resolve: [\"a.test:443\"]\n",
+        3,
+        "constraints.network.resolve[0]",
+    );
+    for bad in ["0", "65536", "\"443\"", "-1"] {
+        err_at(
+            &format!("constraints:\n  network:\n    connect_ports: [{bad}]\n"),
+            3,
+            "constraints.network.connect_ports[0]",
+        );
+    }
     let e = p("credentials:\n  - name: K\n    hosts: [a.com]\n").unwrap_err();
     assert_eq!(e.key(), Some("credentials[0]"), "{e}");
     let e = p(
