@@ -43,6 +43,12 @@ async fn one_way(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Res
     // data and room, so neither socket waits for the other's round trip.
     let mut held = 0usize;
     let mut eof = false;
+    // The last read found the pipe full (or the socket empty: the two look
+    // the same while the pipe holds data): read again only after a write
+    // made room. Readiness is cleared only when the pipe was empty, so
+    // that data already queued in the socket is never left without a
+    // wake-up (edge-triggered readiness would not fire for it again).
+    let mut stalled = false;
     loop {
         if eof && held == 0 {
             // End of file and all passed on: pass the half-close on too.
@@ -53,15 +59,22 @@ async fn one_way(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Res
             return Ok(());
         }
         tokio::select! {
-            ready = from.readable(), if !eof && held < CHUNK => {
+            ready = from.readable(), if !eof && !stalled && held < CHUNK => {
                 ready?;
+                let mut full = false;
                 match from.try_io(Interest::READABLE, || {
-                    splice(from, None, &pipe_w, None, CHUNK - held, flags).map_err(io::Error::from)
+                    match splice(from, None, &pipe_w, None, CHUNK - held, flags) {
+                        Err(nix::errno::Errno::EAGAIN) if held > 0 => {
+                            full = true;
+                            Ok(0)
+                        }
+                        other => other.map_err(io::Error::from),
+                    }
                 }) {
+                    Ok(_) if full => stalled = true,
                     Ok(0) => eof = true,
                     Ok(n) => held += n,
-                    // Not readable after all, or the pipe is full (the
-                    // kernel gave it less room than asked): wait again.
+                    // The socket had nothing after all (readiness cleared).
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
@@ -74,6 +87,7 @@ async fn one_way(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> io::Res
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(m) => {
                         held -= m;
+                        stalled = false;
                         count.fetch_add(m as u64, Ordering::Relaxed);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
