@@ -479,6 +479,12 @@ impl fmt::Display for CredentialInfo {
     }
 }
 
+/// The headers a secret may be put in (lowercase, as `HeaderName`s are):
+/// where API clients send keys. A placeholder in any other header is
+/// refused like one bound for a foreign host.
+pub const CREDENTIAL_HEADERS: &[&str] =
+    &["authorization", "x-api-key", "api-key", "x-goog-api-key"];
+
 /// The credentials injected into a request's headers, by name, in the
 /// order they were given (what `credentials_injected` records).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -495,7 +501,7 @@ impl Rewritten {
 /// A placeholder in a header of a request to a host that is not one of the
 /// credential's hosts: the request must be refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
-#[error("the placeholder of credential {credential} is in header {header}, but the request's host is not one of the credential's hosts")]
+#[error("the placeholder of credential {credential} is in header {header}, where it may not go (the request's host is not one of the credential's, or the header does not carry keys)")]
 pub struct Exfiltration {
     pub credential: String,
     /// The header name (lowercase).
@@ -714,7 +720,10 @@ impl Credentials {
         for (name, value) in headers.iter() {
             for (i, _) in self.occurrences(value.as_bytes()) {
                 let credential = &self.entries[i];
-                if !credential.allows(host) {
+                // Only the headers that carry API keys get a secret: one
+                // put in `Origin`, `Sec-WebSocket-Protocol` or a version
+                // header could come back to the agent in a response.
+                if !credential.allows(host) || !CREDENTIAL_HEADERS.contains(&name.as_str()) {
                     return Err(Exfiltration {
                         credential: credential.name.clone(),
                         header: name.as_str().to_string(),

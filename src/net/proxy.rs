@@ -64,6 +64,9 @@ mod upgrade;
 use intercept::{Prefixed, TunnelTarget};
 pub use meter::Spend;
 
+/// Metered request bodies buffered at once (8 x 32 MiB at most).
+const MAX_METERED_BODIES: usize = 8;
+
 /// Errors starting or stopping the proxy; each names the listen address.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -373,6 +376,7 @@ pub fn start(listener: std::net::TcpListener, cfg: ProxyConfig) -> Result<ProxyH
         },
         active: AtomicUsize::new(0),
         stop: stop_rx,
+        metered_bodies: Arc::new(tokio::sync::Semaphore::new(MAX_METERED_BODIES)),
     });
     let thread = std::thread::Builder::new()
         .name("vallignus-proxy".into())
@@ -433,6 +437,10 @@ struct Shared {
     /// Open client connections and tunnels.
     active: AtomicUsize,
     stop: watch::Receiver<bool>,
+    /// Metered request bodies held in memory at once (each up to
+    /// [`meter::MAX_METERED_BODY`]): bounds what an agent can make the
+    /// supervisor buffer.
+    metered_bodies: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -756,6 +764,14 @@ impl ClientConn {
                 return self.refuse(rec, reason);
             }
         };
+        if let Some(reason) =
+            self.shared
+                .cfg
+                .policy
+                .request_rule(&host, req.method().as_str(), req.uri().path())
+        {
+            return self.refuse(rec, reason);
+        }
         self.exchange(req, rec, host, port, Route::Plain(addrs))
             .await
     }
@@ -797,9 +813,25 @@ impl ClientConn {
             if creds.find_foreign(&host, target.as_bytes()).is_some() {
                 return self.refuse(rec, Reason::CredentialExfiltration);
             }
-            match creds.rewrite_headers(&host, &mut parts.headers) {
-                Ok(done) => rec.credentials_injected = done.injected,
-                Err(_) => return self.refuse(rec, Reason::CredentialExfiltration),
+            if matches!(route, Route::Plain(_)) {
+                // Secrets go only over TLS to a verified upstream: a
+                // placeholder in a plain http request is refused.
+                if parts
+                    .headers
+                    .values()
+                    .any(|v| creds.find_in(v.as_bytes()).is_some())
+                {
+                    return self.refuse(rec, Reason::CredentialExfiltration);
+                }
+            } else {
+                match creds.rewrite_headers(&host, &mut parts.headers) {
+                    Ok(done) => rec.credentials_injected = done.injected,
+                    Err(_) => return self.refuse(rec, Reason::CredentialExfiltration),
+                }
+                // TRACE echoes the request, secret included, back.
+                if !rec.credentials_injected.is_empty() && parts.method == Method::TRACE {
+                    return self.refuse(rec, Reason::CredentialExfiltration);
+                }
             }
         }
 
@@ -811,12 +843,22 @@ impl ClientConn {
             .as_deref()
             .filter(|_| parts.method == Method::POST)
             .and_then(|spend| Some((spend, Endpoint::from_path(parts.uri.path())?)));
+        let mut body_permit = None;
         let body = match metered {
             None => RequestInner::Stream(body),
             Some((spend, endpoint)) => {
-                let bytes = match meter::read_body(body).await {
-                    Ok(b) => b,
-                    Err(reason) => return self.refuse(rec, reason),
+                let Ok(permit) = Arc::clone(&self.shared.metered_bodies)
+                    .acquire_owned()
+                    .await
+                else {
+                    return self.refuse(rec, Reason::UpstreamError);
+                };
+                body_permit = Some(permit);
+                let read = meter::read_body(body);
+                let bytes = match tokio::time::timeout(self.shared.cfg.client_timeout, read).await {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(reason)) => return self.refuse(rec, reason),
+                    Err(_) => return self.refuse(rec, Reason::ClientTimeout),
                 };
                 if let Some(creds) = self.shared.cfg.credentials.as_deref() {
                     if creds.find_foreign(&host, &bytes).is_some() {
@@ -899,6 +941,7 @@ impl ClientConn {
         let body = RequestBody {
             inner: body,
             up: Arc::clone(&up),
+            _permit: body_permit,
         };
         rec.sent = true;
         let sent = upstream
@@ -1386,6 +1429,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 struct RequestBody {
     inner: RequestInner,
     up: Arc<AtomicU64>,
+    /// A metered body's slot of [`MAX_METERED_BODIES`], freed with it.
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 enum RequestInner {

@@ -450,15 +450,15 @@ fn multiple_occurrences_and_values() {
     let a = placeholder(&creds, "A_KEY");
     let b = placeholder(&creds, "B_KEY");
     let mut headers = HeaderMap::new();
-    headers.insert("x-pair", header(&format!("{a}:{b};{a}{a} end")));
-    headers.append("x-pair", header(&format!("again {b}")));
+    headers.insert("authorization", header(&format!("{a}:{b};{a}{a} end")));
+    headers.append("authorization", header(&format!("again {b}")));
     headers.insert("x-other", header("no placeholder here"));
     let done = creds
         .rewrite_headers(&host("a.example"), &mut headers)
         .unwrap();
     assert_eq!(done.injected, vec!["A_KEY", "B_KEY"], "credential order");
     let values: Vec<&[u8]> = headers
-        .get_all("x-pair")
+        .get_all("authorization")
         .iter()
         .map(HeaderValue::as_bytes)
         .collect();
@@ -469,7 +469,10 @@ fn multiple_occurrences_and_values() {
             &b"again secret-b"[..]
         ]
     );
-    assert!(headers.get_all("x-pair").iter().all(|v| v.is_sensitive()));
+    assert!(headers
+        .get_all("authorization")
+        .iter()
+        .all(|v| v.is_sensitive()));
     assert_eq!(headers["x-other"], "no placeholder here");
 }
 
@@ -613,4 +616,32 @@ fn listing_shows_no_value() {
         spec_json,
         serde_json::json!({"name": "OPENAI_API_KEY", "source": "env REAL_OPENAI", "hosts": ["api.openai.com"]})
     );
+}
+
+#[test]
+fn secrets_go_only_into_key_headers() {
+    let creds = Credentials::load(
+        vec![spec("K=RK@api.example")],
+        env_of(&[("RK", "the-secret")]),
+    )
+    .unwrap();
+    let ph = placeholder(&creds, "K");
+    for name in ["origin", "sec-websocket-protocol", "x-custom"] {
+        let mut headers = HeaderMap::new();
+        headers.insert(name, header(&ph));
+        let err = creds
+            .rewrite_headers(&host("api.example"), &mut headers)
+            .unwrap_err();
+        assert_eq!(err.header, name);
+        assert_eq!(headers[name], ph.as_str(), "left unchanged");
+    }
+    for name in CREDENTIAL_HEADERS {
+        let mut headers = HeaderMap::new();
+        headers.insert(*name, header(&ph));
+        let done = creds
+            .rewrite_headers(&host("api.example"), &mut headers)
+            .unwrap();
+        assert_eq!(done.injected, ["K"]);
+        assert_eq!(headers[*name], "the-secret");
+    }
 }
