@@ -182,18 +182,19 @@ fn the_openai_sdk_works_with_a_placeholder_key() {
         Ok(f) => f,
         Err(why) => return skip(test, &why),
     };
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("openai.key");
-    std::fs::write(&key_file, format!("{key}\n")).unwrap();
     let h = Home::new();
     let mut flags = fake.flags(&["api.openai.test"], true);
-    let spec = format!("OPENAI_API_KEY=@{}@api.openai.test", key_file.display());
-    flags.extend(["--credential".to_owned(), spec]);
+    flags.extend(strings(&[
+        "--credential",
+        "OPENAI_API_KEY=REAL_OPENAI_KEY@api.openai.test",
+    ]));
     let base = fake.url("api.openai.test", "/v1");
-    let o = run(
-        &h,
-        &flags,
-        &[python.to_str().unwrap(), "-c", OPENAI_SDK, &base],
+    let mut args: Vec<&str> = vec!["run", "-q"];
+    args.extend(flags.iter().map(String::as_str));
+    args.extend(["--", python.to_str().unwrap(), "-c", OPENAI_SDK, &base]);
+    let o = output_with_timeout(
+        h.cmd().args(&args).env("REAL_OPENAI_KEY", &key),
+        std::time::Duration::from_secs(60),
     );
     assert_eq!(code(&o), 0, "{}\n{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
@@ -244,4 +245,68 @@ fn a_missing_secret_stops_the_run_before_it_starts() {
     );
     assert_eq!(code(&o), 125, "{}", stderr(&o));
     assert!(stderr(&o).contains("--credential"), "{}", stderr(&o));
+}
+
+const KEY_FILE_AGENT: &str = r#"
+curl -sS -o /dev/null -w "own %{http_code}\n" -H "Authorization: Bearer $OPENAI_API_KEY" \
+  -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","messages":[]}' "$1"
+cat "$2" > /dev/null 2>&1 && echo "file readable" || echo "file hidden"
+"#;
+
+#[test]
+fn a_key_file_is_kept_from_the_agent() {
+    let test = "a_key_file_is_kept_from_the_agent";
+    if !network_available(test) || !landlock_available(test) {
+        return;
+    }
+    let key = secret();
+    let fake = match FakeLlm::start_with(Some(&key)) {
+        Ok(f) => f,
+        Err(why) => return skip(test, &why),
+    };
+    // Outside every tree landlock grants by default (/var is not one).
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let key_file = dir.path().join("openai.key");
+    std::fs::write(&key_file, format!("{key}\n")).unwrap();
+    let spec = format!("OPENAI_API_KEY=@{}@api.openai.test", key_file.display());
+    let own = fake.url("api.openai.test", "/v1/chat/completions");
+    let key_path = key_file.to_str().unwrap();
+    let run_with = |h: &Home, level: &str, spec: &str| {
+        let mut flags = fake.flags(&["api.openai.test"], true);
+        flags.extend(strings(&["--isolation", level, "--credential", spec]));
+        run(
+            h,
+            &flags,
+            &["sh", "-c", KEY_FILE_AGENT, "sh", &own, key_path],
+        )
+    };
+
+    // Landlock hides the file; the proxy still injects its secret.
+    let h = Home::new();
+    let o = run_with(&h, "standard", &spec);
+    assert_eq!(code(&o), 0, "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert_eq!(line(&out, "own "), "own 200", "{out}");
+    assert_eq!(line(&out, "file "), "file hidden", "{out}");
+    assert_nowhere(&h, &o, &key);
+
+    // Without landlock the agent could read it: refused before it starts.
+    let h = Home::new();
+    let o = run_with(&h, "none", &spec);
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    assert!(stderr(&o).contains(key_path), "{}", stderr(&o));
+
+    // A file inside a tree the agent may read (here /tmp) cannot be hidden.
+    let exposed_dir = tempfile::tempdir_in("/tmp").unwrap();
+    let exposed = exposed_dir.path().join("k");
+    std::fs::write(&exposed, &key).unwrap();
+    let exposed_spec = format!("OPENAI_API_KEY=@{}@api.openai.test", exposed.display());
+    let h = Home::new();
+    let o = run_with(&h, "standard", &exposed_spec);
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("credential's secret file"),
+        "{}",
+        stderr(&o)
+    );
 }

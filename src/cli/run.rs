@@ -270,6 +270,7 @@ impl RunArgs {
                     ro: self.ro.clone(),
                     rw: self.rw.clone(),
                     hide: self.hide.clone(),
+                    secrets: Vec::new(),
                 },
                 seccomp: self.seccomp.clone(),
             },

@@ -211,6 +211,8 @@ pub enum HideReason {
     VallignusHome,
     /// The invoking user's `$HOME`.
     UserHome,
+    /// A file a `--credential` secret is read from.
+    Credential,
 }
 
 impl fmt::Display for HideReason {
@@ -219,6 +221,7 @@ impl fmt::Display for HideReason {
             HideReason::Flag => "--hide",
             HideReason::VallignusHome => "the vallignus home",
             HideReason::UserHome => "the invoking user's home",
+            HideReason::Credential => "a credential's secret file",
         })
     }
 }
@@ -245,6 +248,9 @@ pub struct FsFlags {
     pub ro: Vec<PathBuf>,
     pub rw: Vec<PathBuf>,
     pub hide: Vec<PathBuf>,
+    /// Files secrets are read from (`--credential NAME=@FILE@HOST`): hidden
+    /// like `--hide`, so a run whose rules would grant one fails.
+    pub secrets: Vec<PathBuf>,
 }
 
 /// Which parts of the default rule set to include.
@@ -382,6 +388,10 @@ impl FsPolicy {
                 path: resolve_lenient(&absolute(p, &cwd)),
                 reason: HideReason::Flag,
             })
+            .chain(flags.secrets.iter().map(|p| Hidden {
+                path: resolve_lenient(&absolute(p, &cwd)),
+                reason: HideReason::Credential,
+            }))
             .collect();
         hidden.push(Hidden {
             path: resolve_lenient(&absolute(&ctx.vallignus_home, &cwd)),
@@ -473,7 +483,8 @@ fn resolve_hidden(
                         continue 'rules;
                     }
                     (HideReason::UserHome, _) => {}
-                    (HideReason::VallignusHome, Origin::Default) | (HideReason::Flag, _) => {
+                    (HideReason::VallignusHome, Origin::Default)
+                    | (HideReason::Flag | HideReason::Credential, _) => {
                         notes.push(format!(
                             "rule {} ({}) dropped: it is inside {} ({})",
                             rule.path.display(),
@@ -1058,6 +1069,7 @@ mod tests {
             ro: v(ro),
             rw: v(rw),
             hide: v(hide),
+            secrets: Vec::new(),
         }
     }
 

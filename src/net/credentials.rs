@@ -40,7 +40,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io::Read;
 use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use hyper::body::Bytes;
@@ -633,6 +633,18 @@ impl Credentials {
             .filter_map(|c| match &c.source {
                 Source::Env(var) => Some(var.as_str()),
                 Source::File(_) => None,
+            })
+            .collect()
+    }
+
+    /// The files the secrets were read from: the caller must keep them out
+    /// of the agent's reach.
+    pub fn source_files(&self) -> Vec<&Path> {
+        self.entries
+            .iter()
+            .filter_map(|c| match &c.source {
+                Source::File(path) => Some(path.as_path()),
+                Source::Env(_) => None,
             })
             .collect()
     }

@@ -113,6 +113,19 @@ impl Interception {
         env
     }
 
+    /// Files the agent must not read: where secrets came from.
+    pub fn secret_files(&self) -> Vec<PathBuf> {
+        self.credentials
+            .as_ref()
+            .map(|c| {
+                c.source_files()
+                    .into_iter()
+                    .map(Path::to_path_buf)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Variables the agent must not inherit: where the secrets came from.
     pub fn secret_sources(&self) -> Vec<String> {
         self.credentials

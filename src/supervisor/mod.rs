@@ -803,9 +803,30 @@ fn child_plan(
             "all dropped (bounding set emptied), no_new_privs",
         );
     }
+    // A secret read from a file must stay out of the agent's reach: hidden
+    // by landlock (a run whose rules would grant the file fails), so a run
+    // without landlock cannot take file credentials.
+    let secret_files = interception
+        .as_ref()
+        .map(interception::Interception::secret_files)
+        .unwrap_or_default();
+    if !secret_files.is_empty() && !iso.landlock() {
+        return Err(RunError::Unsupported(format!(
+            "a credential's secret comes from {}, which an agent without landlock could read: \
+             use --isolation standard (landlock hides the file), or read the secret from an \
+             environment variable",
+            secret_files[0].display()
+        )));
+    }
     let landlock = if iso.landlock() {
         let bundle = interception.as_ref().map(|i| i.bundle.as_path());
-        Some(prepare_landlock(policy, namespaces, bundle, enforcement)?)
+        Some(prepare_landlock(
+            policy,
+            namespaces,
+            bundle,
+            &secret_files,
+            enforcement,
+        )?)
     } else {
         None
     };
@@ -923,6 +944,7 @@ fn prepare_landlock(
     policy: &RunPolicy,
     namespaces: crate::isolation::namespaces::Namespaces,
     ca_bundle: Option<&std::path::Path>,
+    secret_files: &[std::path::PathBuf],
     enforcement: &mut EnforcementMap,
 ) -> Result<crate::isolation::landlock::Prepared, RunError> {
     use crate::isolation::landlock::{self, FsContext, FsPolicy, Requirement};
@@ -932,6 +954,7 @@ fn prepare_landlock(
         // The run's CA bundle, read-only (under /run, hidden otherwise).
         flags.ro.push(bundle.to_path_buf());
     }
+    flags.secrets.extend(secret_files.iter().cloned());
     if namespaces.mount && std::path::Path::new("/dev/shm").is_dir() {
         // The agent's /dev/shm is its own tmpfs then (python's
         // multiprocessing needs it); the host's is out of its reach.
