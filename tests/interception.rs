@@ -1093,3 +1093,60 @@ fn websockets_work_inside_intercepted_tunnels() {
     assert_eq!(reqs[0]["bytes_up"], 14, "{}", reqs[0]);
     assert_eq!(reqs[0]["bytes_down"], 14, "{}", reqs[0]);
 }
+
+const UNMETERED_SCRIPT: &str = r#"
+curl -sS -o /dev/null -w "embeddings %{http_code}\n" -H 'content-type: application/json' -d '{"model":"text-embedding-3-small","input":"x"}' "$1/v1/embeddings"
+curl -sS -o /dev/null -w "batches %{http_code}\n" -H 'content-type: application/json' -d '{}' "$1/v1/messages/batches"
+curl -sS -o /dev/null -w "background %{http_code}\n" -H 'content-type: application/json' -d '{"model":"gpt-4o-mini","input":"x","background":true}' "$1/v1/responses"
+curl -sS -o /dev/null -w "prefixed %{http_code}\n" -H 'content-type: application/json' -d "$2" "$1/api/v1/chat/completions"
+curl -sS -o /dev/null -w "health %{http_code}\n" "$1/health"
+"#;
+
+#[test]
+fn billable_apis_that_cannot_be_priced_are_refused_under_a_budget() {
+    let test = "billable_apis_that_cannot_be_priced_are_refused_under_a_budget";
+    if !network_available(test) {
+        return;
+    }
+    let fake = match FakeLlm::start() {
+        Ok(f) => f,
+        Err(why) => return skip(test, &why),
+    };
+    let h = Home::new();
+    let mut flags = fake.flags(&["api.openai.test"], true);
+    flags.extend(strings(&["--max-spend-usd", "1", "--policy", "/dev/null"]));
+    let base = fake.url("api.openai.test", "");
+    let o = run(
+        &h,
+        &flags,
+        &["sh", "-c", UNMETERED_SCRIPT, "sh", &base, GPT_BODY],
+    );
+    assert_eq!(code(&o), 0, "{}\n{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    for refused in ["embeddings ", "batches ", "background "] {
+        assert_eq!(line(&out, refused), format!("{refused}403"), "{out}");
+    }
+    // An OpenAI-compatible path under another prefix is metered, not refused
+    // (the fake answers 404 for it, and an error without usage is free).
+    assert_eq!(line(&out, "prefixed "), "prefixed 404", "{out}");
+    assert_eq!(line(&out, "health "), "health 200", "{out}");
+    let (reqs, _) = split(&h);
+    let refused: Vec<_> = reqs
+        .iter()
+        .filter(|r| r["reason"] == "unmetered_endpoint")
+        .collect();
+    assert_eq!(refused.len(), 3, "{reqs:?}");
+    let prefixed = reqs
+        .iter()
+        .find(|r| r["path"] == "/api/v1/chat/completions")
+        .unwrap();
+    assert_eq!(prefixed["model"], "gpt-4o-mini", "{prefixed}");
+    assert_usd(&prefixed["cost_usd"], 0, "an error without usage");
+    // Nothing refused reached the upstream.
+    let paths: Vec<String> = fake
+        .log()
+        .iter()
+        .map(|r| r["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(paths, ["/api/v1/chat/completions", "/health"], "{paths:?}");
+}

@@ -125,6 +125,10 @@ pub enum Reason {
     UnpricedRequest,
     /// A request to another host carries a credential's placeholder.
     CredentialExfiltration,
+    /// Under a spend budget: a request to a billable API the proxy cannot
+    /// price (batches, embeddings, images, audio, realtime, background
+    /// responses, an ambiguous path).
+    UnmeteredEndpoint,
     /// Allowed, but cut off before it completed (the run ended, or the
     /// client went away while it waited for the upstream).
     Cancelled,
@@ -159,6 +163,7 @@ impl Reason {
             Reason::UnknownModel => "unknown_model",
             Reason::UnpricedRequest => "unpriced_request",
             Reason::CredentialExfiltration => "credential_exfiltration",
+            Reason::UnmeteredEndpoint => "unmetered_endpoint",
             Reason::Cancelled => "cancelled",
         }
     }

@@ -52,7 +52,7 @@ use super::decide::{
     Decision, HelloScan, Kind, Policy, Reason, Verdict, MAX_CLIENT_HELLO, TLS_ALERT_ACCESS_DENIED,
     TLS_ALERT_INTERNAL_ERROR,
 };
-use super::spend::{Endpoint, PicoUsd};
+use super::spend::PicoUsd;
 use super::tls::Interceptor;
 use crate::policy::domain::{parse_host, DomainPattern, Host};
 
@@ -836,13 +836,16 @@ impl ClientConn {
         }
 
         // A metered request is priced and reserved before it may go.
-        let metered = self
-            .shared
-            .cfg
-            .spend
-            .as_deref()
-            .filter(|_| parts.method == Method::POST)
-            .and_then(|spend| Some((spend, Endpoint::from_path(parts.uri.path())?)));
+        let metered = match self.shared.cfg.spend.as_deref() {
+            None => None,
+            Some(spend) => match meter::classify(&parts.method, parts.uri.path(), websocket) {
+                meter::Class::Free => None,
+                meter::Class::Unmetered => {
+                    return self.refuse(rec, Reason::UnmeteredEndpoint);
+                }
+                meter::Class::Metered(endpoint) => Some((spend, endpoint)),
+            },
+        };
         let mut body_permit = None;
         let body = match metered {
             None => RequestInner::Stream(body),

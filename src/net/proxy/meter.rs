@@ -65,6 +65,9 @@ impl Spend {
         endpoint: Endpoint,
         body: &[u8],
     ) -> Result<Admitted, (Reason, Option<PicoUsd>)> {
+        if runs_in_background(endpoint, body) {
+            return Err((Reason::UnmeteredEndpoint, None));
+        }
         let plan = spend::plan(&self.prices, self.default_max_tokens, endpoint, body).map_err(
             |e| match e {
                 SpendError::UnknownModel(_) => (Reason::UnknownModel, None),
@@ -130,6 +133,83 @@ impl Meter {
             None => self.ledger.charge_reservation(reservation),
         })
     }
+}
+
+/// How a request counts against a spend budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Class {
+    /// Priced by its usage.
+    Metered(Endpoint),
+    /// Billable, but not priceable here: refused under a budget.
+    Unmetered,
+    /// Not an LLM API call.
+    Free,
+}
+
+/// Path endings of billable APIs the proxy cannot price (OpenAI and
+/// Anthropic shapes, on any host and under any prefix).
+const UNMETERED_SUFFIXES: &[&str] = &[
+    "/completions",
+    "/embeddings",
+    "/batches",
+    "/images/generations",
+    "/images/edits",
+    "/images/variations",
+    "/audio/speech",
+    "/audio/transcriptions",
+    "/audio/translations",
+    "/runs",
+    "/realtime",
+    "/realtime/sessions",
+    "/fine_tuning/jobs",
+];
+
+/// Classify a request under a budget. The metered endpoints are matched by
+/// their ending, case-insensitively, under any prefix (`/api/v1/...`,
+/// `/openai/deployments/x/...`), because OpenAI-compatible servers mount
+/// them anywhere; a path with encodings or dot segments that a server
+/// might read differently is refused rather than guessed.
+pub(super) fn classify(method: &hyper::Method, path: &str, websocket: bool) -> Class {
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    let lower = path.to_ascii_lowercase();
+    let trimmed = lower.strip_suffix('/').unwrap_or(&lower);
+    if websocket {
+        return if trimmed.contains("/realtime") {
+            Class::Unmetered
+        } else {
+            Class::Free
+        };
+    }
+    if method != hyper::Method::POST {
+        return Class::Free;
+    }
+    let ambiguous = trimmed.contains("//")
+        || trimmed.contains(['%', ';', '\\'])
+        || trimmed.split('/').any(|s| s == "." || s == "..");
+    if ambiguous && trimmed.contains("/v1") {
+        return Class::Unmetered;
+    }
+    if trimmed.ends_with("/chat/completions") {
+        Class::Metered(Endpoint::OpenAiChat)
+    } else if trimmed.ends_with("/responses") {
+        Class::Metered(Endpoint::OpenAiResponses)
+    } else if trimmed.ends_with("/messages") && !trimmed.contains("/threads/") {
+        Class::Metered(Endpoint::AnthropicMessages)
+    } else if UNMETERED_SUFFIXES.iter().any(|s| trimmed.ends_with(s)) {
+        Class::Unmetered
+    } else {
+        Class::Free
+    }
+}
+
+/// A Responses request that asks to run in the background: its usage
+/// comes later, to a GET the proxy does not meter.
+fn runs_in_background(endpoint: Endpoint, body: &[u8]) -> bool {
+    endpoint == Endpoint::OpenAiResponses
+        && serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("background").and_then(serde_json::Value::as_bool))
+            .unwrap_or(false)
 }
 
 /// A request body read whole, up to [`MAX_METERED_BODY`] bytes.
@@ -212,6 +292,71 @@ mod tests {
                 .saturating_add(price.output.times(500))
         );
         assert_eq!(s.spent(), settled.cost);
+    }
+
+    #[test]
+    fn requests_are_classified_by_their_path_ending() {
+        use hyper::Method;
+        let c = |m: &Method, p: &str| classify(m, p, false);
+        let post = Method::POST;
+        assert_eq!(
+            c(&post, "/v1/chat/completions"),
+            Class::Metered(Endpoint::OpenAiChat)
+        );
+        assert_eq!(
+            c(
+                &post,
+                "/openai/deployments/x/chat/completions?api-version=1"
+            ),
+            Class::Metered(Endpoint::OpenAiChat)
+        );
+        assert_eq!(
+            c(&post, "/api/V1/Responses/"),
+            Class::Metered(Endpoint::OpenAiResponses)
+        );
+        assert_eq!(
+            c(&post, "/v1/messages"),
+            Class::Metered(Endpoint::AnthropicMessages)
+        );
+        for unmetered in [
+            "/v1/completions",
+            "/v1/embeddings",
+            "/v1/messages/batches",
+            "/v1/batches",
+            "/v1/images/generations",
+            "/v1/audio/speech",
+            "/v1/threads/t1/runs",
+            "/v1/chat/%63ompletions",
+            "//v1/chat/completions",
+            "/v1/chat/completions;x",
+            "/v1/x/../chat/completions",
+        ] {
+            assert_eq!(c(&post, unmetered), Class::Unmetered, "{unmetered}");
+        }
+        for free in [
+            "/v1/messages/count_tokens",
+            "/v1/threads/t1/messages",
+            "/v1/files",
+            "/health",
+        ] {
+            assert_eq!(c(&post, free), Class::Free, "{free}");
+        }
+        assert_eq!(c(&Method::GET, "/v1/chat/completions"), Class::Free);
+        assert_eq!(
+            classify(&Method::GET, "/v1/realtime?model=x", true),
+            Class::Unmetered
+        );
+        assert_eq!(classify(&Method::GET, "/ws", true), Class::Free);
+    }
+
+    #[test]
+    fn background_responses_are_refused() {
+        let s = spend("1");
+        let body = br#"{"model":"gpt-4o-mini","input":"hi","background":true}"#;
+        assert_eq!(
+            s.admit(Endpoint::OpenAiResponses, body).err().map(|e| e.0),
+            Some(Reason::UnmeteredEndpoint)
+        );
     }
 
     #[test]
