@@ -88,10 +88,21 @@ pub fn plan<'a>(
     let request = MeteredRequest::parse(endpoint, body)?;
     let price = prices.lookup(endpoint.provider(), &request.model)?;
     let estimate = usage::estimate(&request, &price.price, default_max_tokens);
-    let body = if request.stream {
+    let with_usage = if request.stream {
         with_include_usage(endpoint, body)?
     } else {
         None
+    };
+    // A request without an output cap gets the one it was reserved for, so
+    // that its reservation bounds what it can cost even if it never reports
+    // usage (a stream the client leaves early).
+    let body = match (request.max_output_tokens, cap_field(endpoint)) {
+        (None, Some(field)) => Some(insert_member(
+            with_usage.as_deref().unwrap_or(body),
+            field,
+            default_max_tokens,
+        )),
+        _ => with_usage,
     };
     Ok(Plan {
         request,
@@ -99,6 +110,29 @@ pub fn plan<'a>(
         estimate,
         body,
     })
+}
+
+/// The member that caps output tokens, for the APIs where it is optional
+/// (Anthropic requires `max_tokens`).
+fn cap_field(endpoint: Endpoint) -> Option<&'static str> {
+    match endpoint {
+        Endpoint::OpenAiChat => Some("max_completion_tokens"),
+        Endpoint::OpenAiResponses => Some("max_output_tokens"),
+        Endpoint::AnthropicMessages => None,
+    }
+}
+
+/// `body` (a JSON object with members, as parsed already) with
+/// `"name":value,` inserted right after its opening brace; every other
+/// byte stays as sent.
+fn insert_member(body: &[u8], name: &str, value: u64) -> Vec<u8> {
+    let open = body.iter().position(|&b| b == b'{').unwrap_or(0);
+    let member = format!("\"{name}\":{value},");
+    let mut out = Vec::with_capacity(body.len() + member.len());
+    out.extend_from_slice(body.get(..=open).unwrap_or_default());
+    out.extend_from_slice(member.as_bytes());
+    out.extend_from_slice(body.get(open + 1..).unwrap_or_default());
+    out
 }
 
 /// Reads a response's usage as its body goes by, in bounded memory.

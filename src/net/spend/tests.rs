@@ -80,3 +80,33 @@ fn plain_meter_bounds_its_buffer() {
     meter.feed(br#"{"usage":{"prompt_tokens":3"#);
     assert_eq!(meter.finish(), None);
 }
+
+#[test]
+fn a_request_without_an_output_cap_gets_the_reserved_one() {
+    let table = PriceTable::shipped().unwrap();
+    let body = |b: &Option<Vec<u8>>| -> serde_json::Value {
+        serde_json::from_slice(b.as_deref().unwrap()).unwrap()
+    };
+    let chat = br#"{"model":"gpt-4o-mini","messages":[]}"#;
+    let p = plan(&table, 1000, Endpoint::OpenAiChat, chat).unwrap();
+    assert_eq!(body(&p.body)["max_completion_tokens"], 1000);
+    assert_eq!(body(&p.body)["messages"], serde_json::json!([]));
+
+    let stream = br#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#;
+    let p = plan(&table, 1000, Endpoint::OpenAiChat, stream).unwrap();
+    assert_eq!(body(&p.body)["max_completion_tokens"], 1000);
+    assert_eq!(body(&p.body)["stream_options"]["include_usage"], true);
+
+    let responses = br#"{"model":"gpt-4o-mini","input":"hi"}"#;
+    let p = plan(&table, 1000, Endpoint::OpenAiResponses, responses).unwrap();
+    assert_eq!(body(&p.body)["max_output_tokens"], 1000);
+
+    // A request with its own cap is sent as it is.
+    let capped = br#"{"model":"gpt-4o-mini","max_tokens":5,"messages":[]}"#;
+    assert_eq!(
+        plan(&table, 1000, Endpoint::OpenAiChat, capped)
+            .unwrap()
+            .body,
+        None
+    );
+}
