@@ -156,8 +156,23 @@ fn write_bundle(path: &Path, text: &str) -> std::io::Result<()> {
         // An existing directory from an older umask: make it traversable.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     }
-    std::fs::write(path, text)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+    // A fresh file, never through a symlink (a name left in the directory
+    // is removed first: it can only be a dead run's).
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    // The umask may have narrowed the mode: set it on the open file.
+    file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    file.write_all(text.as_bytes())
 }
 
 /// Remove the bundle of a run whose supervisor died before it could (the
