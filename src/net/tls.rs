@@ -29,6 +29,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::policy::domain::Host;
 
+/// Leaf certificates kept at once (a new one costs one signature).
+const MAX_CACHED_LEAVES: usize = 4096;
 /// The largest `--upstream-ca` file read.
 const MAX_CA_FILE_BYTES: u64 = 4 << 20;
 /// How long the CA and its leaves are valid: longer than any sane run,
@@ -195,6 +197,11 @@ impl Interceptor {
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let cfg = Arc::new(cfg);
         if let Ok(mut map) = self.leaves.lock() {
+            // Bounded: an agent allowed `*.example.com` can ask for any
+            // number of names; past the bound the cache starts over.
+            if map.len() >= MAX_CACHED_LEAVES {
+                map.clear();
+            }
             map.insert(host.clone(), Arc::clone(&cfg));
         }
         Ok(cfg)
