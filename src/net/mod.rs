@@ -4,6 +4,10 @@
 //!   address vetting, Host/SNI agreement, TLS ClientHello parsing). No I/O.
 //! - [`proxy`]: the policy proxy itself (tokio + hyper), which applies
 //!   [`decide`] to every request and tunnel and records each one.
+//! - [`tls`]: the run's interception CA, leaves, upstream verification.
+//! - [`spend`]: pricing and the budget ledger (pure); [`credentials`]:
+//!   placeholders and the header rewrite (pure).
+//! - [`netns`]: the agent's network namespace, veth pair and nft rules.
 //!
 //! Invariant: the proxy never dials an address that [`decide`] did not vet.
 

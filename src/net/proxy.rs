@@ -1,6 +1,15 @@
 //! The policy proxy: an HTTP/1.1 forward proxy with CONNECT tunnels, on
 //! tokio + hyper, running in its own OS thread with its own runtime.
 //!
+//! Where things are:
+//! - this file: accepting, plain requests (`ClientConn::forward`), the
+//!   part every request shares (`ClientConn::exchange`: credentials,
+//!   spend, the request cap, the upstream connection, the record), CONNECT
+//!   and spliced tunnels;
+//! - `proxy/intercept.rs`: TLS interception (requests read inside tunnels);
+//! - `proxy/meter.rs`: spend metering; `proxy/upgrade.rs`: WebSocket
+//!   relaying; `proxy/splice.rs`: zero-copy relaying of spliced tunnels.
+//!
 //! Invariants:
 //! - The caller binds the listener ([`start`] takes a bound
 //!   [`std::net::TcpListener`]), so "cannot bind" is an error before the agent
@@ -14,12 +23,13 @@
 //!   port is a raw tunnel port) start with a TLS ClientHello whose SNI is the
 //!   CONNECT host. The upstream of a tunnel is dialled only after that check.
 //! - Every request and tunnel, allowed or denied, yields exactly one
-//!   [`NetRequest`] (when its response body or tunnel ends) and bumps the
-//!   counters; refusals answer 403 (429 for the request cap, 400 for
+//!   [`NetRequest`] (when its response body or tunnel ends, or as
+//!   `cancelled` when the proxy stops under it) and bumps the counters; refusals answer 403 (429 for the request cap, 400 for
 //!   malformed requests) with a JSON body `{"error": reason, "host": host}`.
 //!   A refused tunnel (after its 200) gets a TLS `access_denied` alert.
 //! - The request cap counts requests let through (after the domain check
-//!   and address vetting); a tunnel counts once, when it is accepted.
+//!   and address vetting); a spliced tunnel counts once, when it is
+//!   accepted; an intercepted one counts the requests inside it instead.
 //! - The notification pipe ([`ProxyHandle::notify_fd`]) is readable whenever
 //!   records may be pending; it reads end-of-file once the proxy has stopped.
 //! - Refusals and records allocate; the allowed keep-alive path reuses the
