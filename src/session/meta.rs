@@ -58,7 +58,7 @@ pub struct Limits {
 pub struct SupervisorInfo {
     pub pid: i32,
     /// Start time of the supervisor process in clock ticks since boot
-    /// (field 22 of /proc/<pid>/stat): with the pid, unique across reuse.
+    /// (field 22 of `/proc/<pid>/stat`): with the pid, unique across reuse.
     pub start_time: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
