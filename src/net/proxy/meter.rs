@@ -65,15 +65,15 @@ impl Spend {
         endpoint: Endpoint,
         body: &[u8],
     ) -> Result<Admitted, (Reason, Option<PicoUsd>)> {
-        if runs_in_background(endpoint, body) {
-            return Err((Reason::UnmeteredEndpoint, None));
-        }
         let plan = spend::plan(&self.prices, self.default_max_tokens, endpoint, body).map_err(
             |e| match e {
                 SpendError::UnknownModel(_) => (Reason::UnknownModel, None),
                 SpendError::Request(_) => (Reason::UnpricedRequest, None),
             },
         )?;
+        if plan.request.background {
+            return Err((Reason::UnmeteredEndpoint, None));
+        }
         let reservation = self.ledger.reserve(plan.estimate).map_err(|e| {
             let needed = e
                 .spent
@@ -200,16 +200,6 @@ pub(super) fn classify(method: &hyper::Method, path: &str, websocket: bool) -> C
     } else {
         Class::Free
     }
-}
-
-/// A Responses request that asks to run in the background: its usage
-/// comes later, to a GET the proxy does not meter.
-fn runs_in_background(endpoint: Endpoint, body: &[u8]) -> bool {
-    endpoint == Endpoint::OpenAiResponses
-        && serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v.get("background").and_then(serde_json::Value::as_bool))
-            .unwrap_or(false)
 }
 
 /// A request body read whole, up to [`MAX_METERED_BODY`] bytes.

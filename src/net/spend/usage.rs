@@ -126,6 +126,9 @@ pub struct MeteredRequest {
     pub choices: u64,
     /// Size of the request body, for the input estimate.
     pub body_bytes: u64,
+    /// A Responses request with `"background": true`: its usage comes
+    /// later, to a GET that is not metered.
+    pub background: bool,
 }
 
 impl MeteredRequest {
@@ -163,6 +166,8 @@ impl MeteredRequest {
             max_output_tokens,
             choices,
             body_bytes: body.len() as u64,
+            background: endpoint == Endpoint::OpenAiResponses
+                && object.get("background") == Some(&Value::Bool(true)),
             model,
         })
     }
