@@ -49,13 +49,9 @@ cat /proc/$PPID/environ > /dev/null 2>&1 && echo "parent readable" || echo "pare
 #[test]
 fn curl_gets_the_secret_on_the_wire_only_for_its_host() {
     let test = "curl_gets_the_secret_on_the_wire_only_for_its_host";
-    if !network_available(test) {
-        return;
-    }
     let key = secret();
-    let fake = match FakeLlm::start_with(Some(&key)) {
-        Ok(f) => f,
-        Err(why) => return skip(test, &why),
+    let Some(fake) = fake_for(test, Some(&key)) else {
+        return;
     };
     let h = Home::new();
     let mut flags = fake.flags(&["api.openai.test", "api.anthropic.test"], true);
@@ -170,16 +166,12 @@ print("key", os.environ["OPENAI_API_KEY"][:13])
 #[test]
 fn the_openai_sdk_works_with_a_placeholder_key() {
     let test = "the_openai_sdk_works_with_a_placeholder_key";
-    if !network_available(test) {
+    let key = secret();
+    let Some(fake) = fake_for(test, Some(&key)) else {
         return;
-    }
+    };
     let python = match python_with(&["openai"]) {
         Ok(p) => p,
-        Err(why) => return skip(test, &why),
-    };
-    let key = secret();
-    let fake = match FakeLlm::start_with(Some(&key)) {
-        Ok(f) => f,
         Err(why) => return skip(test, &why),
     };
     let h = Home::new();
@@ -256,13 +248,12 @@ cat "$2" > /dev/null 2>&1 && echo "file readable" || echo "file hidden"
 #[test]
 fn a_key_file_is_kept_from_the_agent() {
     let test = "a_key_file_is_kept_from_the_agent";
-    if !network_available(test) || !landlock_available(test) {
+    if !landlock_available(test) {
         return;
     }
     let key = secret();
-    let fake = match FakeLlm::start_with(Some(&key)) {
-        Ok(f) => f,
-        Err(why) => return skip(test, &why),
+    let Some(fake) = fake_for(test, Some(&key)) else {
+        return;
     };
     // Outside every tree landlock grants by default (/var is not one).
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();

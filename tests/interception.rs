@@ -93,12 +93,8 @@ echo "$4 $?:${out##* } ${out% *}"
 #[test]
 fn curl_requests_inside_one_intercepted_tunnel() {
     let test = "curl_requests_inside_one_intercepted_tunnel";
-    if !network_available(test) {
+    let Some(fake) = fake_for(test, None) else {
         return;
-    }
-    let fake = match FakeLlm::start() {
-        Ok(f) => f,
-        Err(why) => return skip(test, &why),
     };
     let h = Home::new();
     let script = r#"
@@ -177,12 +173,8 @@ curl -sS -w ' %{http_code}\n' "$1" "$2"
 #[test]
 fn domain_fronting_inside_a_tunnel_is_denied() {
     let test = "domain_fronting_inside_a_tunnel_is_denied";
-    if !network_available(test) {
+    let Some(fake) = fake_for(test, None) else {
         return;
-    }
-    let fake = match FakeLlm::start() {
-        Ok(f) => f,
-        Err(why) => return skip(test, &why),
     };
     let h = Home::new();
     let url = fake.url("api.openai.test", "/health");
@@ -237,12 +229,8 @@ fn domain_fronting_inside_a_tunnel_is_denied() {
 #[test]
 fn max_requests_counts_requests_inside_tunnels() {
     let test = "max_requests_counts_requests_inside_tunnels";
-    if !network_available(test) {
+    let Some(fake) = fake_for(test, None) else {
         return;
-    }
-    let fake = match FakeLlm::start() {
-        Ok(f) => f,
-        Err(why) => return skip(test, &why),
     };
     let h = Home::new();
     let url = fake.url("api.openai.test", "/health");
@@ -284,12 +272,8 @@ fn max_requests_counts_requests_inside_tunnels() {
 #[test]
 fn untrusted_client_and_untrusted_upstream() {
     let test = "untrusted_client_and_untrusted_upstream";
-    if !network_available(test) {
+    let Some(fake) = fake_for(test, None) else {
         return;
-    }
-    let fake = match FakeLlm::start() {
-        Ok(f) => f,
-        Err(why) => return skip(test, &why),
     };
     let url = fake.url("api.openai.test", "/health");
 
@@ -342,12 +326,8 @@ fn untrusted_client_and_untrusted_upstream() {
 #[test]
 fn spend_of_plain_openai_requests_via_curl() {
     let test = "spend_of_plain_openai_requests_via_curl";
-    if !network_available(test) {
+    let Some(fake) = fake_for(test, None) else {
         return;
-    }
-    let fake = match FakeLlm::start() {
-        Ok(f) => f,
-        Err(why) => return skip(test, &why),
     };
     let h = Home::new();
     let mut flags = fake.flags(&["api.openai.test"], true);
@@ -430,15 +410,11 @@ print("stream", text)
 #[test]
 fn spend_with_the_openai_sdk_plain_and_streaming() {
     let test = "spend_with_the_openai_sdk_plain_and_streaming";
-    if !network_available(test) {
+    let Some(fake) = fake_for(test, None) else {
         return;
-    }
+    };
     let python = match python_with(&["openai"]) {
         Ok(p) => p,
-        Err(why) => return skip(test, &why),
-    };
-    let fake = match FakeLlm::start() {
-        Ok(f) => f,
         Err(why) => return skip(test, &why),
     };
     let h = Home::new();
@@ -490,12 +466,8 @@ fn spend_with_the_openai_sdk_plain_and_streaming() {
 #[test]
 fn spend_of_anthropic_messages_plain_and_streaming() {
     let test = "spend_of_anthropic_messages_plain_and_streaming";
-    if !network_available(test) {
+    let Some(fake) = fake_for(test, None) else {
         return;
-    }
-    let fake = match FakeLlm::start() {
-        Ok(f) => f,
-        Err(why) => return skip(test, &why),
     };
     let (input, _, output) = shipped_price("claude-haiku-4-5*");
     let cost = FAKE_INPUT_TOKENS * input + FAKE_OUTPUT_TOKENS * output;
@@ -551,12 +523,8 @@ fn spend_of_anthropic_messages_plain_and_streaming() {
 #[test]
 fn no_usage_and_dropped_streams_are_charged_their_reservation() {
     let test = "no_usage_and_dropped_streams_are_charged_their_reservation";
-    if !network_available(test) {
+    let Some(fake) = fake_for(test, None) else {
         return;
-    }
-    let fake = match FakeLlm::start() {
-        Ok(f) => f,
-        Err(why) => return skip(test, &why),
     };
     let h = Home::new();
     let mut flags = fake.flags(&["api.openai.test"], true);
@@ -634,12 +602,8 @@ fn no_usage_and_dropped_streams_are_charged_their_reservation() {
 #[test]
 fn passing_the_budget_ends_the_run() {
     let test = "passing_the_budget_ends_the_run";
-    if !network_available(test) {
+    let Some(fake) = fake_for(test, None) else {
         return;
-    }
-    let fake = match FakeLlm::start() {
-        Ok(f) => f,
-        Err(why) => return skip(test, &why),
     };
     let url = fake.url("api.openai.test", "/v1/chat/completions");
     let budget = "0.0001";
@@ -700,12 +664,8 @@ fn passing_the_budget_ends_the_run() {
 #[test]
 fn parallel_metered_requests_never_overshoot_the_budget() {
     let test = "parallel_metered_requests_never_overshoot_the_budget";
-    if !network_available(test) {
+    let Some(fake) = fake_for(test, None) else {
         return;
-    }
-    let fake = match FakeLlm::start() {
-        Ok(f) => f,
-        Err(why) => return skip(test, &why),
     };
     if which("xargs").is_none() {
         return skip(test, "xargs is missing");
@@ -783,12 +743,8 @@ echo survived
 #[test]
 fn a_stream_in_flight_when_the_budget_ends_the_run_is_recorded() {
     let test = "a_stream_in_flight_when_the_budget_ends_the_run_is_recorded";
-    if !network_available(test) {
+    let Some(fake) = fake_for(test, None) else {
         return;
-    }
-    let fake = match FakeLlm::start() {
-        Ok(f) => f,
-        Err(why) => return skip(test, &why),
     };
     let stream = r#"{"model":"gpt-4o-mini","max_tokens":1000,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let reservation = estimate(stream, 1000, MINI_OUTPUT, MINI_INPUT);
@@ -839,12 +795,8 @@ fn a_stream_in_flight_when_the_budget_ends_the_run_is_recorded() {
 #[test]
 fn passthrough_domains_are_not_intercepted() {
     let test = "passthrough_domains_are_not_intercepted";
-    if !network_available(test) {
+    let Some(fake) = fake_for(test, None) else {
         return;
-    }
-    let fake = match FakeLlm::start() {
-        Ok(f) => f,
-        Err(why) => return skip(test, &why),
     };
     let h = Home::new();
     let mut flags = fake.flags(&["api.openai.test"], true);
@@ -899,12 +851,8 @@ echo survived
 #[test]
 fn a_request_waiting_for_its_response_when_the_run_ends_is_recorded() {
     let test = "a_request_waiting_for_its_response_when_the_run_ends_is_recorded";
-    if !network_available(test) {
+    let Some(fake) = fake_for(test, None) else {
         return;
-    }
-    let fake = match FakeLlm::start() {
-        Ok(f) => f,
-        Err(why) => return skip(test, &why),
     };
     let reservation = estimate(GPT_BODY, 1000, MINI_OUTPUT, MINI_INPUT);
     assert!(reservation <= 1_000_000_000 && 2 * reservation > 1_000_000_000);
@@ -968,12 +916,8 @@ curl -sS --path-as-is -o /dev/null -w "dots %{http_code}\n" -d '{}' "$1/v1/chat/
 #[test]
 fn method_and_path_rules_apply_inside_tunnels() {
     let test = "method_and_path_rules_apply_inside_tunnels";
-    if !network_available(test) {
+    let Some(fake) = fake_for(test, None) else {
         return;
-    }
-    let fake = match FakeLlm::start() {
-        Ok(f) => f,
-        Err(why) => return skip(test, &why),
     };
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
@@ -1052,12 +996,8 @@ t.close()
 #[test]
 fn websockets_work_inside_intercepted_tunnels() {
     let test = "websockets_work_inside_intercepted_tunnels";
-    if !network_available(test) {
+    let Some(fake) = fake_for(test, None) else {
         return;
-    }
-    let fake = match FakeLlm::start() {
-        Ok(f) => f,
-        Err(why) => return skip(test, &why),
     };
     let python = system_python().unwrap();
     let h = Home::new();
@@ -1105,12 +1045,8 @@ curl -sS -o /dev/null -w "health %{http_code}\n" "$1/health"
 #[test]
 fn billable_apis_that_cannot_be_priced_are_refused_under_a_budget() {
     let test = "billable_apis_that_cannot_be_priced_are_refused_under_a_budget";
-    if !network_available(test) {
+    let Some(fake) = fake_for(test, None) else {
         return;
-    }
-    let fake = match FakeLlm::start() {
-        Ok(f) => f,
-        Err(why) => return skip(test, &why),
     };
     let h = Home::new();
     let mut flags = fake.flags(&["api.openai.test"], true);

@@ -11,6 +11,21 @@ use serde_json::Value;
 use super::clients::*;
 use super::*;
 
+/// The network tier and a fake server (see [`FakeLlm::start_with`]), or
+/// `None` once the reason to skip `test` is printed.
+pub fn fake_for(test: &str, expect_key: Option<&str>) -> Option<FakeLlm> {
+    if !network_available(test) {
+        return None;
+    }
+    match FakeLlm::start_with(expect_key) {
+        Ok(f) => Some(f),
+        Err(why) => {
+            skip(test, &why);
+            None
+        }
+    }
+}
+
 /// fake_llm.py serving HTTPS on 127.0.0.1 with a leaf of its own test CA
 /// (SAN api.openai.test, api.anthropic.test, 127.0.0.1). Killed on drop.
 pub struct FakeLlm {
@@ -20,13 +35,9 @@ pub struct FakeLlm {
 }
 
 impl FakeLlm {
-    /// `Err` is the reason to skip.
-    pub fn start() -> Result<FakeLlm, String> {
-        Self::start_with(None)
-    }
-
-    /// With `expect_key`, the server answers 401 unless a request carries
-    /// `Authorization: Bearer KEY` or `x-api-key: KEY`.
+    /// Start one; `Err` is the reason to skip. With `expect_key`, the server
+    /// answers 401 unless a request carries `Authorization: Bearer KEY` or
+    /// `x-api-key: KEY`.
     pub fn start_with(expect_key: Option<&str>) -> Result<FakeLlm, String> {
         let openssl = which("openssl").ok_or("openssl is not installed")?;
         which("curl").ok_or("curl is not installed")?;
