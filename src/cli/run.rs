@@ -391,16 +391,20 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
                 .extend(net.deny_domains.iter().map(|d| d.to_string()));
             rules.max_spend_usd = eff.network.max_spend_usd;
             // The file's --resolve entries first: flags given later win.
-            rules.resolve.extend(net.resolve.iter().cloned());
+            rules.resolve.extend(net.proxy.resolve.iter().cloned());
             rules
                 .connect_ports
-                .extend(net.connect_ports.iter().copied());
-            rules.upstream_ca.extend(net.upstream_ca.iter().cloned());
+                .extend(net.proxy.connect_ports.iter().copied());
+            rules
+                .upstream_ca
+                .extend(net.proxy.upstream_ca.iter().cloned());
             rules
                 .tls_passthrough
-                .extend(net.tls_passthrough.iter().map(|d| d.to_string()));
-            rules.prices.clone_from(&net.prices);
-            rules.request_rules.extend(net.requests.iter().cloned());
+                .extend(net.proxy.tls_passthrough.iter().map(|d| d.to_string()));
+            rules.prices.clone_from(&net.proxy.prices);
+            rules
+                .request_rules
+                .extend(net.proxy.requests.iter().cloned());
             rules
                 .sources
                 .push(format!("policy file {}", f.source.display()));

@@ -243,6 +243,14 @@ pub struct NetworkRules {
     pub max_requests: Option<u64>,
     /// Always > 0 when set.
     pub max_spend_usd: Option<f64>,
+    /// How the proxy reaches upstreams and handles their TLS.
+    pub proxy: ProxyRules,
+}
+
+/// The proxy's settings in `constraints.network`, passed on as they are
+/// (no precedence to resolve: flags add to them).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProxyRules {
     /// `resolve: ["HOST:PORT:ADDR"]`: as `run --resolve` (validated).
     pub resolve: Vec<String>,
     /// `connect_ports: [PORT]`: as `run --connect-port`.
@@ -665,21 +673,26 @@ impl Validator<'_> {
                 "constraints.network.max_spend_usd",
                 |v, k| self.money(v, k),
             )?,
-            resolve: self.resolve_list(raw.resolve, "constraints.network.resolve")?,
-            connect_ports: self.ports(raw.connect_ports, "constraints.network.connect_ports")?,
-            upstream_ca: self.paths(raw.upstream_ca, "constraints.network.upstream_ca")?,
-            tls_passthrough: self
-                .domains(raw.tls_passthrough, "constraints.network.tls_passthrough")?,
-            prices: self.opt(raw.prices, "constraints.network.prices", |v, k| {
-                self.path_value(v, k)
-            })?,
-            requests: raw
-                .requests
-                .unwrap_or_default()
-                .into_iter()
-                .enumerate()
-                .map(|(i, r)| self.request_rule(r, &format!("constraints.network.requests[{i}]")))
-                .collect::<Result<_, _>>()?,
+            proxy: ProxyRules {
+                resolve: self.resolve_list(raw.resolve, "constraints.network.resolve")?,
+                connect_ports: self
+                    .ports(raw.connect_ports, "constraints.network.connect_ports")?,
+                upstream_ca: self.paths(raw.upstream_ca, "constraints.network.upstream_ca")?,
+                tls_passthrough: self
+                    .domains(raw.tls_passthrough, "constraints.network.tls_passthrough")?,
+                prices: self.opt(raw.prices, "constraints.network.prices", |v, k| {
+                    self.path_value(v, k)
+                })?,
+                requests: raw
+                    .requests
+                    .unwrap_or_default()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        self.request_rule(r, &format!("constraints.network.requests[{i}]"))
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
         })
     }
 
@@ -1070,12 +1083,7 @@ pub struct EffectiveNetwork {
     pub default_policy: DefaultPolicy,
     pub max_requests: Option<u64>,
     pub max_spend_usd: Option<f64>,
-    pub resolve: Vec<String>,
-    pub connect_ports: Vec<u16>,
-    pub upstream_ca: Vec<PathBuf>,
-    pub tls_passthrough: Vec<DomainPattern>,
-    pub prices: Option<PathBuf>,
-    pub requests: Vec<RequestRule>,
+    pub proxy: ProxyRules,
 }
 
 /// Everything a run enforces, resolved. `None` = no such cap. Fields that
@@ -1133,12 +1141,7 @@ pub fn resolve(file: Option<&PolicyFile>, flags: &FlagOverrides) -> EffectivePol
             default_policy: net.default_policy.unwrap_or_default(),
             max_requests: nonzero(flags.max_requests.or(net.max_requests)),
             max_spend_usd: net.max_spend_usd,
-            resolve: net.resolve,
-            connect_ports: net.connect_ports,
-            upstream_ca: net.upstream_ca,
-            tls_passthrough: net.tls_passthrough,
-            prices: net.prices,
-            requests: net.requests,
+            proxy: net.proxy,
         },
         violation_action: f.violation_protocol.action.unwrap_or_default(),
         alert_webhook: f.violation_protocol.alert_webhook.clone(),
@@ -1209,27 +1212,31 @@ impl EffectivePolicy {
                     default_policy: self.network.default_policy.as_str(),
                     max_requests: self.network.max_requests,
                     max_spend_usd: self.network.max_spend_usd,
-                    resolve: self.network.resolve.clone(),
-                    connect_ports: self.network.connect_ports.clone(),
+                    resolve: self.network.proxy.resolve.clone(),
+                    connect_ports: self.network.proxy.connect_ports.clone(),
                     upstream_ca: self
                         .network
+                        .proxy
                         .upstream_ca
                         .iter()
                         .map(|p| p.display().to_string())
                         .collect(),
                     tls_passthrough: self
                         .network
+                        .proxy
                         .tls_passthrough
                         .iter()
                         .map(|p| p.to_string())
                         .collect(),
                     prices: self
                         .network
+                        .proxy
                         .prices
                         .as_ref()
                         .map(|p| p.display().to_string()),
                     requests: self
                         .network
+                        .proxy
                         .requests
                         .iter()
                         .map(|r| DocRequestRule {

@@ -586,22 +586,22 @@ fn tls_requests_and_credentials_parse() {
     let f = parse(TLS_AND_CREDENTIALS, Path::new("/etc/vallignus/policy.yaml")).unwrap();
     let n = f.constraints.network.as_ref().unwrap();
     assert_eq!(
-        n.upstream_ca,
+        n.proxy.upstream_ca,
         [
             PathBuf::from("/etc/vallignus/ca.pem"),
             PathBuf::from("/etc/extra-ca.pem")
         ]
     );
-    assert_eq!(n.tls_passthrough[0].to_string(), "*.pinned.example");
-    assert_eq!(n.resolve, ["api.openai.com:443:127.0.0.1"]);
-    assert_eq!(n.connect_ports, [443, 8443]);
+    assert_eq!(n.proxy.tls_passthrough[0].to_string(), "*.pinned.example");
+    assert_eq!(n.proxy.resolve, ["api.openai.com:443:127.0.0.1"]);
+    assert_eq!(n.proxy.connect_ports, [443, 8443]);
     assert_eq!(
-        n.prices.as_deref(),
+        n.proxy.prices.as_deref(),
         Some(Path::new("/etc/vallignus/my-prices.yaml"))
     );
-    assert_eq!(n.requests.len(), 1);
-    assert_eq!(n.requests[0].methods, ["POST", "GET"]);
-    assert_eq!(n.requests[0].paths, ["/v1/"]);
+    assert_eq!(n.proxy.requests.len(), 1);
+    assert_eq!(n.proxy.requests[0].methods, ["POST", "GET"]);
+    assert_eq!(n.proxy.requests[0].paths, ["/v1/"]);
     assert_eq!(f.credentials.len(), 2);
     assert_eq!(f.credentials[0].name, "OPENAI_API_KEY");
     let other = f.credentials[1].info();
