@@ -672,12 +672,6 @@ pub fn parse_authority(authority: &str, default_port: u16) -> Option<(Host, u16)
     Some((host, port))
 }
 
-/// Whether a Host header value names the same host and port as the
-/// absolute URI (`port` is the URI's effective port).
-pub fn host_header_agrees(uri_host: &Host, uri_port: u16, header: &str) -> bool {
-    authority_agrees(uri_host, uri_port, header, 80)
-}
-
 /// Whether an authority (a Host header, or an absolute URI's authority)
 /// names `host:port`, where an authority without a port means
 /// `default_port` (80 for http, 443 inside an intercepted tunnel).
@@ -1175,15 +1169,15 @@ mod tests {
     #[test]
     fn host_header() {
         let h = host("api.example.com");
-        assert!(host_header_agrees(&h, 80, "api.example.com"));
-        assert!(host_header_agrees(&h, 80, "API.example.com."));
-        assert!(host_header_agrees(&h, 80, "api.example.com:80"));
-        assert!(host_header_agrees(&h, 80, "api.example.com:"));
-        assert!(!host_header_agrees(&h, 80, "api.example.com:8080"));
-        assert!(!host_header_agrees(&h, 8080, "api.example.com"));
-        assert!(host_header_agrees(&h, 8080, "api.example.com:8080"));
-        assert!(!host_header_agrees(&h, 80, "evil.com"));
-        assert!(!host_header_agrees(&h, 80, "api.example.com:80:80"));
+        assert!(authority_agrees(&h, 80, "api.example.com", 80));
+        assert!(authority_agrees(&h, 80, "API.example.com.", 80));
+        assert!(authority_agrees(&h, 80, "api.example.com:80", 80));
+        assert!(authority_agrees(&h, 80, "api.example.com:", 80));
+        assert!(!authority_agrees(&h, 80, "api.example.com:8080", 80));
+        assert!(!authority_agrees(&h, 8080, "api.example.com", 80));
+        assert!(authority_agrees(&h, 8080, "api.example.com:8080", 80));
+        assert!(!authority_agrees(&h, 80, "evil.com", 80));
+        assert!(!authority_agrees(&h, 80, "api.example.com:80:80", 80));
         assert!(authority_agrees(&h, 443, "api.example.com", 443));
         let rule = RequestRule {
             domain: DomainPattern::parse("api.example.com").unwrap(),
@@ -1211,14 +1205,14 @@ mod tests {
         assert!(authority_agrees(&h, 443, "api.example.com:443", 443));
         assert!(!authority_agrees(&h, 443, "api.example.com", 80));
         assert!(!authority_agrees(&h, 443, "other.example.com", 443));
-        assert!(!host_header_agrees(&h, 80, "api.example.com:x"));
-        assert!(!host_header_agrees(&h, 80, ""));
+        assert!(!authority_agrees(&h, 80, "api.example.com:x", 80));
+        assert!(!authority_agrees(&h, 80, "", 80));
         let v6 = host("[::1]");
-        assert!(host_header_agrees(&v6, 80, "[::1]"));
-        assert!(host_header_agrees(&v6, 8080, "[::1]:8080"));
-        assert!(!host_header_agrees(&v6, 80, "::1"));
-        assert!(!host_header_agrees(&v6, 80, "[::1"));
-        assert!(!host_header_agrees(&v6, 80, "[::1]x"));
+        assert!(authority_agrees(&v6, 80, "[::1]", 80));
+        assert!(authority_agrees(&v6, 8080, "[::1]:8080", 80));
+        assert!(!authority_agrees(&v6, 80, "::1", 80));
+        assert!(!authority_agrees(&v6, 80, "[::1", 80));
+        assert!(!authority_agrees(&v6, 80, "[::1]x", 80));
         assert_eq!(
             parse_authority("Example.com:443", 0),
             Some((host("example.com"), 443))

@@ -58,7 +58,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::credentials::Credentials;
 use super::decide::{
-    check_sni, host_header_agrees, scan_client_hello, take_request_slot, vet_address, Addresses,
+    authority_agrees, check_sni, scan_client_hello, take_request_slot, vet_address, Addresses,
     Decision, HelloScan, Kind, Policy, Reason, Verdict, MAX_CLIENT_HELLO, TLS_ALERT_ACCESS_DENIED,
     TLS_ALERT_INTERNAL_ERROR,
 };
@@ -761,7 +761,12 @@ impl ClientConn {
             }
         };
         rec.host = host.to_string();
-        if let Err(reason) = check_host_header(req.headers(), req.version(), &host, port) {
+        if let Err(reason) = check_host_header(
+            req.headers(),
+            req.version(),
+            (&host, port, 80),
+            Reason::HostHeaderMismatch,
+        ) {
             return self.refuse(rec, reason);
         }
         let addrs = match self.shared.cfg.policy.decide(Kind::Http, &host, port) {
@@ -1068,21 +1073,23 @@ impl ClientConn {
     }
 }
 
-/// The Host header must be present once (HTTP/1.0 may omit it) and agree
-/// with the absolute URI.
+/// The Host header must be present once (HTTP/1.0 may omit it) and name
+/// `host:port`, where a Host without a port means `default_port` (80 for
+/// plain requests, 443 inside an intercepted tunnel); one that names
+/// something else is refused for `mismatch`.
 fn check_host_header(
     headers: &HeaderMap,
     version: Version,
-    host: &Host,
-    port: u16,
+    (host, port, default_port): (&Host, u16, u16),
+    mismatch: Reason,
 ) -> Result<(), Reason> {
     let mut values = headers.get_all(header::HOST).iter();
     match (values.next(), values.next()) {
         (None, _) if version <= Version::HTTP_10 => Ok(()),
         (None, _) | (Some(_), Some(_)) => Err(Reason::BadRequest),
         (Some(value), None) => match value.to_str() {
-            Ok(text) if host_header_agrees(host, port, text) => Ok(()),
-            _ => Err(Reason::HostHeaderMismatch),
+            Ok(text) if authority_agrees(host, port, text, default_port) => Ok(()),
+            _ => Err(mismatch),
         },
     }
 }
@@ -1612,20 +1619,51 @@ mod tests {
     fn host_header_rules() {
         let host = parse_host("a.test").unwrap();
         let mut h = HeaderMap::new();
-        assert_eq!(check_host_header(&h, Version::HTTP_10, &host, 80), Ok(()));
         assert_eq!(
-            check_host_header(&h, Version::HTTP_11, &host, 80),
+            check_host_header(
+                &h,
+                Version::HTTP_10,
+                (&host, 80, 80),
+                Reason::HostHeaderMismatch
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check_host_header(
+                &h,
+                Version::HTTP_11,
+                (&host, 80, 80),
+                Reason::HostHeaderMismatch
+            ),
             Err(Reason::BadRequest)
         );
         h.insert(header::HOST, HeaderValue::from_static("a.test"));
-        assert_eq!(check_host_header(&h, Version::HTTP_11, &host, 80), Ok(()));
         assert_eq!(
-            check_host_header(&h, Version::HTTP_11, &host, 8080),
+            check_host_header(
+                &h,
+                Version::HTTP_11,
+                (&host, 80, 80),
+                Reason::HostHeaderMismatch
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check_host_header(
+                &h,
+                Version::HTTP_11,
+                (&host, 8080, 80),
+                Reason::HostHeaderMismatch
+            ),
             Err(Reason::HostHeaderMismatch)
         );
         h.append(header::HOST, HeaderValue::from_static("a.test"));
         assert_eq!(
-            check_host_header(&h, Version::HTTP_11, &host, 80),
+            check_host_header(
+                &h,
+                Version::HTTP_11,
+                (&host, 80, 80),
+                Reason::HostHeaderMismatch
+            ),
             Err(Reason::BadRequest)
         );
     }

@@ -20,11 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap};
-use hyper::{Request, Response, Version};
+use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
-use super::{serve_http, ClientConn, Pending, ProxyBody, Shared};
+use super::{check_host_header, serve_http, ClientConn, Pending, ProxyBody, Shared};
 use crate::net::decide::{authority_agrees, Reason, TLS_ALERT_INTERNAL_ERROR};
 use crate::net::tls::Interceptor;
 use crate::policy::domain::Host;
@@ -116,19 +115,12 @@ fn check_tunnel_authority<B>(req: &Request<B>, host: &Host, port: u16) -> Result
             return Err(Reason::DomainFronting);
         }
     }
-    check_host(req.headers(), req.version(), host, port)
-}
-
-fn check_host(headers: &HeaderMap, version: Version, host: &Host, port: u16) -> Result<(), Reason> {
-    let mut values = headers.get_all(header::HOST).iter();
-    match (values.next(), values.next()) {
-        (None, _) if version <= Version::HTTP_10 => Ok(()),
-        (None, _) | (Some(_), Some(_)) => Err(Reason::BadRequest),
-        (Some(value), None) => match value.to_str() {
-            Ok(text) if authority_agrees(host, port, text, 443) => Ok(()),
-            _ => Err(Reason::DomainFronting),
-        },
-    }
+    check_host_header(
+        req.headers(),
+        req.version(),
+        (host, port, 443),
+        Reason::DomainFronting,
+    )
 }
 
 /// The client side of a tunnel after its ClientHello was read for the SNI
@@ -188,7 +180,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use hyper::header::HeaderValue;
+    use hyper::header::{self, HeaderValue};
     use tokio::io::AsyncReadExt as _;
 
     fn req(uri: &str, host: Option<&str>) -> Request<()> {
