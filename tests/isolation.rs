@@ -52,9 +52,112 @@ fn standard_isolation_hides_the_host() {
     let s = h.session_json();
     assert_eq!(
         s["enforcement"]["namespaces"]["detail"],
-        "pid,mount,ipc,uts"
+        "user,pid,mount,ipc,uts"
     );
     assert_eq!(s["enforcement"]["capabilities"]["enforced"], true);
+    assert_eq!(s["enforcement"]["private_tmp"]["enforced"], true);
+    assert_eq!(s["enforcement"]["landlock"]["enforced"], true);
+}
+
+/// As `nobody` under `--isolation standard`: the uid alone keeps a 0600
+/// root file closed even where landlock grants reading; landlock alone
+/// keeps world-writable directories outside `--rw` closed to writing; the
+/// session directory and the vallignus home stay out of reach; the agent
+/// lives in a user namespace whose map holds only nobody.
+#[test]
+fn nobody_is_held_by_its_uid_and_by_landlock() {
+    let test = "nobody_is_held_by_its_uid_and_by_landlock";
+    if !ready(test) || !landlock_available(test) {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    // Outside /tmp: the agent's /tmp is a private tmpfs.
+    let readable = tempfile::tempdir_in("/var/tmp").unwrap();
+    let writable = tempfile::tempdir_in("/var/tmp").unwrap();
+    let elsewhere = tempfile::tempdir_in("/var/tmp").unwrap();
+    // World-writable everywhere: only landlock can refuse a write.
+    for d in [readable.path(), writable.path(), elsewhere.path()] {
+        mode(d, 0o777);
+    }
+    std::fs::write(readable.path().join("open"), "open to all").unwrap();
+    std::fs::write(readable.path().join("secret"), "top secret").unwrap();
+    mode(&readable.path().join("secret"), 0o600);
+    let h = Home::outside_tmp();
+    // The home's sessions, listed from inside the run: the run's own
+    // session directory exists by the time the agent starts.
+    let script = format!(
+        "cat /proc/self/uid_map; cat {r}/open; echo; cat {r}/secret 2>&1; \
+         touch {r}/new 2>&1 || echo ro-refused; \
+         touch {w}/new && echo rw-ok; \
+         touch {e}/new 2>&1 || echo elsewhere-refused; \
+         ls {s} 2>&1 && echo sessions-listed; \
+         ls {home} 2>&1 && echo home-listed; true",
+        r = readable.path().display(),
+        w = writable.path().display(),
+        e = elsewhere.path().display(),
+        s = h.sessions_dir().display(),
+        home = h.path().display(),
+    );
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--isolation",
+        "standard",
+        "--user",
+        "nobody",
+        "--ro",
+        readable.path().to_str().unwrap(),
+        "--rw",
+        writable.path().to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    let map: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(map, ["65534", "65534", "1"], "{out}");
+    assert!(
+        out.contains("open to all"),
+        "landlock must grant --ro: {out}"
+    );
+    assert!(
+        !out.contains("top secret"),
+        "nobody read a 0600 root file: {out}"
+    );
+    assert!(out.contains("Permission denied"), "{out}");
+    assert!(out.contains("ro-refused"), "wrote into a --ro dir: {out}");
+    assert!(!readable.path().join("new").exists());
+    assert!(out.contains("rw-ok"), "cannot write into --rw: {out}");
+    assert!(writable.path().join("new").exists());
+    assert!(
+        out.contains("elsewhere-refused"),
+        "wrote outside --rw: {out}"
+    );
+    assert!(!elsewhere.path().join("new").exists());
+    // Refused, not missing: the paths exist in the agent's mount namespace.
+    assert!(
+        !out.contains("sessions-listed"),
+        "listed the sessions: {out}"
+    );
+    assert!(
+        !out.contains("home-listed"),
+        "listed the vallignus home: {out}"
+    );
+    assert!(!out.contains("No such file"), "{out}");
+    // The secret, the --ro dir, elsewhere, the sessions, the home.
+    assert_eq!(out.matches("Permission denied").count(), 5, "{out}");
+    let s = h.session_json();
+    assert_eq!(
+        s["enforcement"]["namespaces"]["detail"],
+        "user,pid,mount,ipc,uts"
+    );
+    assert_eq!(s["enforcement"]["user"]["enforced"], true);
+    assert_eq!(s["enforcement"]["landlock"]["enforced"], true);
 }
 
 #[test]

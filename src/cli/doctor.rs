@@ -305,7 +305,7 @@ fn check_run(args: &DoctorArgs, host: &Host) -> (bool, Vec<String>) {
         }
     }
     let ns = level
-        .namespaces(host.root)
+        .namespaces()
         .union(args.unshare.unwrap_or_default())
         .normalized();
     if ns.any() && !host.root && !host.userns {

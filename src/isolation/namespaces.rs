@@ -8,8 +8,12 @@
 //!   own processes (a `/proc` of its PID namespace), gets a private `/tmp`
 //!   and `/dev/shm`, its own SysV IPC and hostname.
 //! - `strict`: `standard` plus a network namespace with only loopback (no
-//!   network until the policy proxy provides one), and a user namespace
-//!   when not root.
+//!   network until the policy proxy provides one).
+//!
+//! Both levels include a user namespace: the agent's capabilities, whatever
+//! it gains, are only ever over its own namespaces. Its map holds one uid
+//! and one gid: the invoking user (run without root), the `--user` ids
+//! mapped to themselves, or root to root (root without `--user`).
 //!
 //! `--unshare LIST` names namespaces explicitly (`user,pid,mount,net,ipc,uts`)
 //! and adds to the level.
@@ -62,13 +66,12 @@ impl Level {
         }
     }
 
-    /// The namespaces of this level; `as_root` decides whether strict needs
-    /// a user namespace (only to gain the privilege for the others).
-    pub fn namespaces(self, as_root: bool) -> Namespaces {
+    /// The namespaces of this level.
+    pub fn namespaces(self) -> Namespaces {
         match self {
             Level::None => Namespaces::default(),
             Level::Standard => Namespaces {
-                user: !as_root,
+                user: true,
                 pid: true,
                 mount: true,
                 ipc: true,
@@ -76,7 +79,7 @@ impl Level {
                 net: false,
             },
             Level::Strict => Namespaces {
-                user: !as_root,
+                user: true,
                 pid: true,
                 mount: true,
                 ipc: true,
@@ -205,11 +208,12 @@ mod tests {
 
     #[test]
     fn levels() {
-        assert!(!Level::None.namespaces(true).any());
-        let std_root = Level::Standard.namespaces(true);
-        assert!(std_root.pid && std_root.mount && !std_root.net && !std_root.user);
-        assert!(Level::Standard.namespaces(false).user);
-        assert!(Level::Strict.namespaces(true).net);
+        assert!(!Level::None.namespaces().any());
+        let std = Level::Standard.namespaces();
+        assert!(std.user && std.pid && std.mount && std.ipc && std.uts && !std.net);
+        let strict = Level::Strict.namespaces();
+        assert!(strict.user && strict.net);
+        assert_eq!(strict.to_string(), "user,pid,mount,net,ipc,uts");
         assert_eq!(Level::parse("strict"), Ok(Level::Strict));
         assert!(Level::parse("max").is_err());
     }

@@ -203,11 +203,8 @@ impl Default for Isolation {
 
 impl Isolation {
     /// The namespaces the agent gets (level + `--unshare`, normalized).
-    pub fn namespaces(&self, as_root: bool) -> crate::isolation::namespaces::Namespaces {
-        self.level
-            .namespaces(as_root)
-            .union(self.unshare)
-            .normalized()
+    pub fn namespaces(&self) -> crate::isolation::namespaces::Namespaces {
+        self.level.namespaces().union(self.unshare).normalized()
     }
 
     /// The seccomp profile of the run.

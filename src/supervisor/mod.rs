@@ -341,7 +341,8 @@ fn run_session(
     // namespace's uid/gid maps; the veth to the policy proxy, its nft
     // rules, and the proxy itself, listening before the agent starts.
     let parent_setup = if plan.namespaces.user {
-        spawn::write_id_maps(pending.pid).map_err(RunError::from)
+        spawn::write_id_maps(pending.pid, spawn::IdMap::for_run(plan.run_as))
+            .map_err(RunError::from)
     } else {
         Ok(())
     };
@@ -749,7 +750,7 @@ fn child_plan(
 ) -> Result<(child::ChildPlan, Option<interception::Interception>), RunError> {
     let as_root = nix::unistd::geteuid().is_root();
     let iso = &policy.isolation;
-    let mut namespaces = iso.namespaces(as_root);
+    let mut namespaces = iso.namespaces();
     let network_mode = network_mode(policy, as_root, enforcement)?;
     // Behind the proxy, TLS is intercepted: the run's CA and the bundle
     // the agent reads (named in the landlock rules below) exist from here.
@@ -768,12 +769,6 @@ fn child_plan(
     if iso.run_as.is_some() && !as_root {
         return Err(RunError::Unsupported(
             "--user needs root (only root can switch the agent to another user)".into(),
-        ));
-    }
-    if iso.run_as.is_some() && namespaces.user {
-        return Err(RunError::Unsupported(
-            "--user cannot be combined with a user namespace (its single-uid map has no other user)"
-                .into(),
         ));
     }
     if namespaces.any() {

@@ -16,6 +16,7 @@ use nix::unistd::pipe2;
 
 use super::channel::{ChildError, MESSAGE_LEN};
 use super::child::{self, ChildFds, ChildPlan};
+use crate::isolation::user::RunAs;
 use crate::sys::{self, Forked};
 
 /// Bigger pipes mean fewer wake-ups per megabyte of output.
@@ -154,22 +155,71 @@ pub fn fork(plan: &mut ChildPlan, cgroup: Option<BorrowedFd<'_>>) -> Result<Pend
     }
 }
 
-/// Map the user namespace of `pid`: root inside is this user outside (one
-/// uid, one gid; `setgroups` denied, as an unprivileged user must).
-pub fn write_id_maps(pid: i32) -> Result<(), SpawnError> {
-    let uid = nix::unistd::geteuid().as_raw();
-    let gid = nix::unistd::getegid().as_raw();
-    let write = |file: &str, content: String| {
+/// The one uid and one gid of the agent's user namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMap {
+    /// uid and gid inside the namespace.
+    pub inside: (u32, u32),
+    /// The ids they are outside.
+    pub outside: (u32, u32),
+    /// Whether `setgroups(2)` stays allowed inside: only when the map was
+    /// written with privilege (root), so that the child can clear its
+    /// supplementary groups before it becomes `--user`.
+    pub setgroups: bool,
+}
+
+impl IdMap {
+    /// The map of a run by the current user: without root, root inside is
+    /// this user outside (`setgroups` denied, as the kernel requires of an
+    /// unprivileged writer); as root, the `--user` ids mapped to themselves
+    /// (so files and logs show the real owner), or root to root.
+    pub fn for_run(run_as: Option<RunAs>) -> IdMap {
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        match run_as {
+            Some(u) if uid == 0 => IdMap {
+                inside: (u.uid, u.gid),
+                outside: (u.uid, u.gid),
+                setgroups: true,
+            },
+            _ => IdMap {
+                inside: (0, 0),
+                outside: (uid, gid),
+                setgroups: uid == 0,
+            },
+        }
+    }
+
+    /// The three files, in the order the kernel needs them written.
+    pub fn files(&self) -> [(&'static str, String); 3] {
+        [
+            (
+                "setgroups",
+                if self.setgroups { "allow" } else { "deny" }.to_string(),
+            ),
+            (
+                "uid_map",
+                format!("{} {} 1\n", self.inside.0, self.outside.0),
+            ),
+            (
+                "gid_map",
+                format!("{} {} 1\n", self.inside.1, self.outside.1),
+            ),
+        ]
+    }
+}
+
+/// Write the user namespace maps of `pid` (see [`IdMap`]).
+pub fn write_id_maps(pid: i32, map: IdMap) -> Result<(), SpawnError> {
+    for (file, content) in map.files() {
         std::fs::write(format!("/proc/{pid}/{file}"), content).map_err(|e| {
             SpawnError::Handshake(io::Error::new(
                 e.kind(),
                 format!("cannot write /proc/{pid}/{file} (user namespace map): {e}"),
             ))
-        })
-    };
-    write("setgroups", "deny".into())?;
-    write("uid_map", format!("0 {uid} 1\n"))?;
-    write("gid_map", format!("0 {gid} 1\n"))
+        })?;
+    }
+    Ok(())
 }
 
 impl Pending {
@@ -225,5 +275,32 @@ impl Pending {
             stderr: self.stderr,
             status: self.status,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn id_map_files() {
+        let nobody = IdMap {
+            inside: (65534, 65534),
+            outside: (65534, 65534),
+            setgroups: true,
+        };
+        let files = nobody.files();
+        assert_eq!(files[0], ("setgroups", "allow".to_string()));
+        assert_eq!(files[1], ("uid_map", "65534 65534 1\n".to_string()));
+        assert_eq!(files[2], ("gid_map", "65534 65534 1\n".to_string()));
+        let user = IdMap {
+            inside: (0, 0),
+            outside: (1000, 100),
+            setgroups: false,
+        };
+        let files = user.files();
+        assert_eq!(files[0].1, "deny");
+        assert_eq!(files[1].1, "0 1000 1\n");
+        assert_eq!(files[2].1, "0 100 1\n");
     }
 }

@@ -23,6 +23,14 @@ impl Home {
         }
     }
 
+    /// A home outside /tmp, so that an agent with a private /tmp still
+    /// sees the path (and must be refused it, not just miss it).
+    pub fn outside_tmp() -> Self {
+        Self {
+            dir: tempfile::tempdir_in("/var/tmp").unwrap(),
+        }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
