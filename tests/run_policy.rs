@@ -86,21 +86,9 @@ fn policy_file_level_and_errors() {
 }
 
 fn issue_token(h: &Home, max_runtime: &str) -> String {
-    for args in [
-        vec!["auth", "init"],
-        vec![
-            "auth",
-            "create-agent",
-            "--agent-id",
-            "bot",
-            "--owner",
-            "alice",
-        ],
-        vec![
-            "auth",
-            "create-policy",
-            "--policy-id",
-            "p1",
+    token_for_policy(
+        h,
+        &[
             "--allowed-domains",
             "api.example.com",
             "--max-runtime",
@@ -108,20 +96,7 @@ fn issue_token(h: &Home, max_runtime: &str) -> String {
             "--max-output-lines",
             "100",
         ],
-    ] {
-        let o = h.run(&args);
-        assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
-    }
-    let o = h.run(&[
-        "auth",
-        "issue-token",
-        "--agent-id",
-        "bot",
-        "--policy-id",
-        "p1",
-    ]);
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
-    stdout(&o).trim().to_string()
+    )
 }
 
 #[test]
@@ -203,6 +178,50 @@ fn agent_cannot_read_the_auth_store() {
             assert!(!out.contains(content.trim()), "key content leaked");
         }
     }
+}
+
+/// A token run without any isolation flag: raised to the standard level,
+/// so even as root the agent cannot read the signing key; and the token
+/// itself (given in VALLIGNUS_TOKEN) is not in the agent's environment.
+#[test]
+fn a_token_run_hides_the_store_and_the_token() {
+    let test = "a_token_run_hides_the_store_and_the_token";
+    if !cgroups_available(test) || !landlock_available(test) {
+        return;
+    }
+    // Outside /tmp: the private /tmp of the standard level would hide a
+    // home under /tmp by accident.
+    let h = Home::outside_tmp();
+    let token = issue_token(&h, "60");
+    let keys = h.path().join("auth").join("keys");
+    let key = std::fs::read_dir(&keys)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "key"))
+        .unwrap();
+    let script = format!(
+        "cat {} 2>&1; env | grep -c VALLIGNUS_TOKEN; echo done",
+        key.display()
+    );
+    let o = h
+        .cmd()
+        .env("VALLIGNUS_TOKEN", &token)
+        .args(["run", "-q", "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("Permission denied"), "{out}");
+    assert!(
+        out.ends_with("0\ndone\n"),
+        "the token reached the agent: {out}"
+    );
+    assert!(!out.contains(&token));
+    let secret = std::fs::read_to_string(&key).unwrap();
+    assert!(!out.contains(secret.trim()), "key content leaked: {out}");
+    let s = h.session_json();
+    assert_eq!(s["token_jti"].as_str().is_some(), true);
+    assert_eq!(s["enforcement"]["landlock"]["enforced"], true);
 }
 
 /// A one-shot HTTP server on 127.0.0.1 that records the request it got.

@@ -389,6 +389,7 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
             rules
                 .deny_domains
                 .extend(net.deny_domains.iter().map(|d| d.to_string()));
+            rules.default_allow = eff.network.default_policy == file::DefaultPolicy::Allow;
             rules.max_spend_usd = eff.network.max_spend_usd;
             // The file's --resolve entries first: flags given later win.
             rules.resolve.extend(net.proxy.resolve.iter().cloned());
@@ -438,9 +439,9 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
         p.max_output_bytes = narrow(p.max_output_bytes, caps.max_output_bytes);
         p.max_requests = narrow(p.max_requests, caps.max_requests);
         let rules = p.network.get_or_insert_with(Default::default);
-        rules
-            .allow_domains
-            .extend(tp.allowed_domains.iter().cloned());
+        // A ceiling, not more allow entries: flags and the policy file can
+        // narrow what the token allows, never add to it.
+        rules.token_domains = Some(tp.allowed_domains.clone());
         rules.max_spend_usd = narrow(rules.max_spend_usd, caps.max_spend_usd);
         // The token's credentials: bound to the agent, not replaceable by
         // a flag or the policy file (see the flag merge below).
@@ -456,6 +457,12 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
             "token {} (policy {} v{})",
             v.jti, tp.policy_id, tp.version
         ));
+        // An agent that could read the store's signing key could mint its
+        // own token and re-seal sessions: a token run is at least at the
+        // standard level, whose landlock rules hide the vallignus home.
+        if p.isolation.level == Level::None {
+            p.isolation.level = Level::Standard;
+        }
         p.token_identity = Some(crate::policy::TokenIdentity {
             agent_id: v.agent_id.clone(),
             owner: v.owner.clone(),
@@ -540,8 +547,7 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
     }
     if let Some(net) = &p.network {
         // Validate the rules now: a bad pattern is a flag error (exit 125).
-        crate::net::decide::Rules::parse(&net.allow_domains, &net.deny_domains)
-            .map_err(|e| format!("network rules: {e}"))?;
+        net.rules().map_err(|e| format!("network rules: {e}"))?;
         for d in &net.tls_passthrough {
             crate::policy::domain::DomainPattern::parse(d)
                 .map_err(|e| format!("--tls-passthrough {d:?}: {e}"))?;

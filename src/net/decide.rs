@@ -75,6 +75,9 @@ pub enum Reason {
     DomainNotAllowed,
     /// A deny pattern matches the host (deny wins).
     DomainDenied,
+    /// The run's rules allow the host, but the token's policy does not
+    /// (a token only narrows).
+    NotAllowedByToken,
     /// An IP literal host without an exact IP rule.
     IpLiteralNotAllowed,
     /// CONNECT to a port that is not allowed.
@@ -140,6 +143,7 @@ impl Reason {
         match self {
             Reason::DomainNotAllowed => "domain_not_allowed",
             Reason::DomainDenied => "domain_denied",
+            Reason::NotAllowedByToken => "not_allowed_by_token",
             Reason::IpLiteralNotAllowed => "ip_literal_not_allowed",
             Reason::PortNotAllowed => "port_not_allowed",
             Reason::NonPublicAddress => "non_public_address",
@@ -206,11 +210,18 @@ impl fmt::Display for Reason {
     }
 }
 
-/// Allow and deny patterns.
+/// Allow and deny patterns, the default for names neither list matches,
+/// and the token's allow list as a ceiling.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rules {
     pub allow: Vec<DomainPattern>,
     pub deny: Vec<DomainPattern>,
+    /// `default_policy: allow`: a host name no pattern matches is allowed
+    /// (IP literals still need an exact rule).
+    pub default_allow: bool,
+    /// A token's allowed domains: nothing outside them is allowed, whatever
+    /// the other rules say.
+    pub ceiling: Option<Vec<DomainPattern>>,
 }
 
 /// What the rules say about one host.
@@ -223,22 +234,43 @@ pub enum HostDecision<'r> {
     },
 }
 
+/// The rule recorded for a host allowed by `default_policy: allow`.
+static DEFAULT_ALLOW: DomainPattern = DomainPattern::AnyName;
+
 impl Rules {
     pub fn new(allow: Vec<DomainPattern>, deny: Vec<DomainPattern>) -> Self {
-        Self { allow, deny }
+        Self {
+            allow,
+            deny,
+            ..Self::default()
+        }
     }
 
     /// Parse patterns as written in a policy or on the command line.
     pub fn parse<S: AsRef<str>>(allow: &[S], deny: &[S]) -> Result<Self, DomainError> {
-        let parse = |list: &[S]| {
-            list.iter()
-                .map(|s| DomainPattern::parse(s.as_ref()))
-                .collect::<Result<Vec<_>, _>>()
-        };
-        Ok(Self::new(parse(allow)?, parse(deny)?))
+        Ok(Self::new(parse_patterns(allow)?, parse_patterns(deny)?))
     }
 
-    /// Deny wins, then allow, else default deny.
+    /// Allow host names that no pattern matches (`default_policy: allow`).
+    pub fn with_default_allow(mut self, yes: bool) -> Self {
+        self.default_allow = yes;
+        self
+    }
+
+    /// Bound everything by a token's allowed domains. When the run itself
+    /// names no allowed domain (and allows nothing by default), the token's
+    /// list is simply the allow list: the token alone says where the agent
+    /// may go.
+    pub fn with_ceiling(mut self, token: Vec<DomainPattern>) -> Self {
+        if self.allow.is_empty() && !self.default_allow {
+            self.allow = token;
+        } else {
+            self.ceiling = Some(token);
+        }
+        self
+    }
+
+    /// Deny wins; then the token's ceiling; then allow, else the default.
     pub fn check(&self, host: &Host) -> HostDecision<'_> {
         if let Some(rule) = self.deny.iter().find(|p| p.matches(host)) {
             return HostDecision::Denied {
@@ -246,15 +278,36 @@ impl Rules {
                 rule: Some(rule),
             };
         }
+        if let Some(ceiling) = &self.ceiling {
+            if !ceiling.iter().any(|p| p.matches(host)) {
+                return HostDecision::Denied {
+                    reason: Reason::NotAllowedByToken,
+                    rule: None,
+                };
+            }
+        }
         if let Some(rule) = self.allow.iter().find(|p| p.matches(host)) {
             return HostDecision::Allowed(rule);
         }
-        let reason = match host {
-            Host::Ip(_) => Reason::IpLiteralNotAllowed,
-            Host::Name(_) => Reason::DomainNotAllowed,
-        };
-        HostDecision::Denied { reason, rule: None }
+        match host {
+            Host::Name(_) if self.default_allow => HostDecision::Allowed(&DEFAULT_ALLOW),
+            Host::Ip(_) => HostDecision::Denied {
+                reason: Reason::IpLiteralNotAllowed,
+                rule: None,
+            },
+            Host::Name(_) => HostDecision::Denied {
+                reason: Reason::DomainNotAllowed,
+                rule: None,
+            },
+        }
     }
+}
+
+/// Parse a list of patterns as written in a policy or on the command line.
+pub fn parse_patterns<S: AsRef<str>>(list: &[S]) -> Result<Vec<DomainPattern>, DomainError> {
+    list.iter()
+        .map(|s| DomainPattern::parse(s.as_ref()))
+        .collect()
 }
 
 /// One `--resolve HOST:PORT:ADDR[,ADDR...]` entry (curl's syntax; IPv6
@@ -915,6 +968,43 @@ mod tests {
             Verdict::Deny { reason, .. } => Some(reason),
             Verdict::Allow { .. } => None,
         }
+    }
+
+    fn check(r: &Rules, h: &str) -> Result<String, Reason> {
+        match r.check(&host(h)) {
+            HostDecision::Allowed(rule) => Ok(rule.to_string()),
+            HostDecision::Denied { reason, .. } => Err(reason),
+        }
+    }
+
+    #[test]
+    fn a_token_is_a_ceiling_and_alone_the_allow_list() {
+        let token = || parse_patterns(&["api.test", "*.docs.test"]).unwrap();
+        // Alone: the token's list is the allow list.
+        let alone = Rules::default().with_ceiling(token());
+        assert_eq!(check(&alone, "api.test"), Ok("api.test".into()));
+        assert_eq!(check(&alone, "evil.test"), Err(Reason::DomainNotAllowed));
+        // With the run's own list: the intersection.
+        let both = rules(&["api.test", "evil.test"], &[]).with_ceiling(token());
+        assert_eq!(check(&both, "api.test"), Ok("api.test".into()));
+        assert_eq!(check(&both, "evil.test"), Err(Reason::NotAllowedByToken));
+        assert_eq!(check(&both, "a.docs.test"), Err(Reason::DomainNotAllowed));
+        // Deny still wins inside the token's list.
+        let deny = rules(&[], &["api.test"]).with_ceiling(token());
+        assert_eq!(check(&deny, "api.test"), Err(Reason::DomainDenied));
+    }
+
+    #[test]
+    fn default_allow_passes_names_but_not_ip_literals() {
+        let open = rules(&[], &["bad.test"]).with_default_allow(true);
+        assert_eq!(check(&open, "any.test"), Ok("*".into()));
+        assert_eq!(check(&open, "bad.test"), Err(Reason::DomainDenied));
+        assert_eq!(check(&open, "10.0.0.1"), Err(Reason::IpLiteralNotAllowed));
+        let within = rules(&[], &[])
+            .with_default_allow(true)
+            .with_ceiling(parse_patterns(&["api.test"]).unwrap());
+        assert_eq!(check(&within, "api.test"), Ok("*".into()));
+        assert_eq!(check(&within, "x.test"), Err(Reason::NotAllowedByToken));
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub enum DomainPattern {
     Subdomains(String),
     /// An IP literal: that address only.
     Ip(IpAddr),
+    /// Every host name (never an IP literal): the rule of a policy whose
+    /// `default_policy` is `allow`. Not written by users; shown as `*`.
+    AnyName,
 }
 
 impl fmt::Display for DomainPattern {
@@ -67,6 +70,7 @@ impl fmt::Display for DomainPattern {
             DomainPattern::Exact(h) => f.write_str(h),
             DomainPattern::Subdomains(base) => write!(f, "*.{base}"),
             DomainPattern::Ip(ip) => write!(f, "{ip}"),
+            DomainPattern::AnyName => f.write_str("*"),
         }
     }
 }
@@ -106,6 +110,7 @@ impl DomainPattern {
                 .strip_suffix(base.as_str())
                 .is_some_and(|prefix| prefix.len() > 1 && prefix.ends_with('.')),
             (DomainPattern::Ip(p), Host::Ip(h)) => p == h,
+            (DomainPattern::AnyName, Host::Name(_)) => true,
             _ => false,
         }
     }

@@ -107,6 +107,11 @@ pub struct NetworkRequest {
     pub connect_ports: Vec<u16>,
     pub allow_domains: Vec<String>,
     pub deny_domains: Vec<String>,
+    /// Policy file `default_policy: allow`: names no pattern matches pass.
+    pub default_allow: bool,
+    /// A token's allowed domains: the ceiling of every other rule (and the
+    /// allow list when nothing else names one).
+    pub token_domains: Option<Vec<String>>,
     pub max_requests: Option<u64>,
     pub max_spend_usd: Option<f64>,
     /// `--prices`: a price file over the shipped table.
@@ -123,6 +128,37 @@ pub struct NetworkRequest {
     pub credentials: Vec<crate::net::credentials::CredentialSpec>,
     /// Where the rules came from (for messages): "policy file", "token", "--max-requests".
     pub sources: Vec<String>,
+}
+
+impl NetworkRequest {
+    /// The domain rules the proxy enforces: allow/deny, the default, and
+    /// the token's ceiling.
+    pub fn rules(&self) -> Result<crate::net::decide::Rules, crate::policy::domain::DomainError> {
+        use crate::net::decide::{parse_patterns, Rules};
+        let rules = Rules::parse(&self.allow_domains, &self.deny_domains)?
+            .with_default_allow(self.default_allow);
+        Ok(match &self.token_domains {
+            Some(list) => rules.with_ceiling(parse_patterns(list)?),
+            None => rules,
+        })
+    }
+
+    /// The domain rules in words, for the session's enforcement map and
+    /// `policy show`.
+    pub fn describe_rules(&self) -> String {
+        let mut out = format!(
+            "allow [{}], deny [{}]",
+            self.allow_domains.join(", "),
+            self.deny_domains.join(", ")
+        );
+        if self.default_allow {
+            out.push_str(", default allow");
+        }
+        if let Some(t) = &self.token_domains {
+            out.push_str(&format!(", within the token's [{}]", t.join(", ")));
+        }
+        out
+    }
 }
 
 /// Who a verified token says is running.

@@ -11,6 +11,10 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
+/// Never taken from vallignus's environment into the agent's (not even by
+/// `--env KEY`): the token is a bearer credential for `vallignus run`.
+pub const WITHHELD: [&str; 1] = ["VALLIGNUS_TOKEN"];
+
 /// Variables kept by `--clear-env`.
 pub const MINIMAL: [&str; 4] = ["PATH", "HOME", "LANG", "TERM"];
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -49,6 +53,12 @@ pub fn parse_env_flag(s: &str) -> Result<(String, Option<String>), String> {
 
 /// The agent's environment, in order, from `base` (vallignus's own).
 pub fn build(base: &[(OsString, OsString)], policy: &EnvPolicy) -> Vec<(OsString, OsString)> {
+    let base: Vec<(OsString, OsString)> = base
+        .iter()
+        .filter(|(k, _)| !WITHHELD.iter().any(|w| k == w))
+        .cloned()
+        .collect();
+    let base = base.as_slice();
     let lookup = |k: &str| base.iter().find(|(bk, _)| bk == k).map(|(_, v)| v.clone());
     let mut env: Vec<(OsString, OsString)> = if policy.clear {
         MINIMAL
@@ -143,6 +153,22 @@ mod tests {
         let env = build(&base(), &p);
         assert_eq!(env[0], (OsString::from("PATH"), OsString::from("/opt/bin")));
         assert_eq!(env.len(), 4);
+    }
+
+    #[test]
+    fn the_token_is_never_inherited() {
+        let mut b = base();
+        b.push(("VALLIGNUS_TOKEN".into(), "vl1.secret".into()));
+        for p in [
+            EnvPolicy::default(),
+            EnvPolicy {
+                pass: vec!["VALLIGNUS_TOKEN".into()],
+                ..EnvPolicy::default()
+            },
+        ] {
+            let env = build(&b, &p);
+            assert!(!names(&env).contains(&"VALLIGNUS_TOKEN".to_string()));
+        }
     }
 
     #[test]

@@ -499,8 +499,7 @@ fn start_network(
     let err = |what: &str, e: &dyn std::fmt::Display| {
         RunError::Unsupported(format!("network: {what}: {e}"))
     };
-    let rules = decide::Rules::parse(&req.allow_domains, &req.deny_domains)
-        .map_err(|e| err("rules", &e))?;
+    let rules = req.rules().map_err(|e| err("rules", &e))?;
     let resolve = req
         .resolve
         .iter()
@@ -624,11 +623,10 @@ fn start_network(
         "network",
         true,
         format!(
-            "proxy at {addr} (veth {} <-> {} in the agent's namespace, no other route; nft rejects everything else); allow [{}], deny [{}]{}{}",
+            "proxy at {addr} (veth {} <-> {} in the agent's namespace, no other route; nft rejects everything else); {}{}{}",
             plan.host_if,
             plan.agent_addr,
-            req.allow_domains.join(", "),
-            req.deny_domains.join(", "),
+            req.describe_rules(),
             req.max_requests.map_or(String::new(), |n| format!(", max_requests {n}")),
             if req.connect_ports.is_empty() {
                 String::new()
@@ -889,6 +887,8 @@ fn network_mode(
     };
     let has_rules = !net.allow_domains.is_empty()
         || !net.deny_domains.is_empty()
+        || net.default_allow
+        || net.token_domains.is_some()
         || net.max_requests.is_some()
         || net.max_spend_usd.is_some();
     let mut mode = net.mode;

@@ -69,7 +69,16 @@ impl Home {
     }
 
     pub fn events(&self) -> Vec<serde_json::Value> {
-        let raw = std::fs::read(self.only_session().join("events.jsonl")).unwrap();
+        self.events_in(&self.only_session())
+    }
+
+    /// The events of session `id` (for homes with several sessions).
+    pub fn events_of(&self, id: &str) -> Vec<serde_json::Value> {
+        self.events_in(&self.sessions_dir().join(id))
+    }
+
+    fn events_in(&self, dir: &Path) -> Vec<serde_json::Value> {
+        let raw = std::fs::read(dir.join("events.jsonl")).unwrap();
         raw.split(|&b| b == b'\n')
             .filter(|l| !l.is_empty())
             .map(|l| serde_json::from_slice(l).unwrap())
@@ -302,4 +311,36 @@ pub fn wait_for_event(h: &Home, id_file: &Path, needle: &str) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// `auth init`, agent `bot` of `alice`, policy `p1` made with
+/// `policy_args` (`auth create-policy` flags), and a token for them.
+pub fn token_for_policy(h: &Home, policy_args: &[&str]) -> String {
+    let mut create = vec!["auth", "create-policy", "--policy-id", "p1"];
+    create.extend_from_slice(policy_args);
+    for args in [
+        vec!["auth", "init"],
+        vec![
+            "auth",
+            "create-agent",
+            "--agent-id",
+            "bot",
+            "--owner",
+            "alice",
+        ],
+        create,
+    ] {
+        let o = h.run(&args);
+        assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
+    }
+    let o = h.run(&[
+        "auth",
+        "issue-token",
+        "--agent-id",
+        "bot",
+        "--policy-id",
+        "p1",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    stdout(&o).trim().to_string()
 }
