@@ -248,6 +248,26 @@ pub fn parse_io_max(rule: &str) -> std::result::Result<String, String> {
 /// cgroup), by writing them to its `cgroup.subtree_control`. A controller
 /// the parent does not offer is an error that names it and the path.
 pub fn enable_controllers(base: &Path, controllers: &[&str]) -> Result<()> {
+    check_controllers(base, controllers)?;
+    if controllers.is_empty() {
+        return Ok(());
+    }
+    let control = base.join("cgroup.subtree_control");
+    let value = controllers
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    fs::write(&control, &value).map_err(|source| CgroupError::Write {
+        path: control,
+        value,
+        source,
+    })
+}
+
+/// Whether `base` can offer `controllers` to its children (the check of
+/// [`enable_controllers`], without writing anything).
+pub fn check_controllers(base: &Path, controllers: &[&str]) -> Result<()> {
     if controllers.is_empty() {
         return Ok(());
     }
@@ -269,17 +289,7 @@ pub fn enable_controllers(base: &Path, controllers: &[&str]) -> Result<()> {
             available: available.join(" "),
         });
     }
-    let control = base.join("cgroup.subtree_control");
-    let value = controllers
-        .iter()
-        .map(|c| format!("+{c}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    fs::write(&control, &value).map_err(|source| CgroupError::Write {
-        path: control,
-        value,
-        source,
-    })
+    Ok(())
 }
 
 /// Name of a run cgroup; see the module invariants.

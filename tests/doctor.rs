@@ -79,3 +79,63 @@ fn doctor_checks_a_policy_file() {
         "{report}"
     );
 }
+
+/// For each set of run flags, doctor's verdict is run's: the flags go
+/// through the same resolution and the same checks before anything starts.
+#[test]
+fn doctor_agrees_with_run_for_every_kind_of_flag() {
+    let test = "doctor_agrees_with_run_for_every_kind_of_flag";
+    if !cgroups_available(test) {
+        return;
+    }
+    let h = Home::new();
+    let cases: &[&[&str]] = &[
+        &[],
+        &["--isolation", "standard", "--user", "nobody"],
+        &["--unshare", "user,pid", "--user", "nobody"],
+        &["--isolation", "strict"],
+        &["--memory-max", "64M", "--pids-max", "50"],
+        &["--seccomp", "/nonexistent/profile.json"],
+        &["--alert-webhook", "https://alerts.example.test/x"],
+        &["--rw", "/nonexistent/dir"],
+        &["--allow-domain", "api.example.test"],
+        &["--allow-domain", "bad..domain"],
+        &[
+            "--allow-domain",
+            "api.example.test",
+            "--credential",
+            "K=VALLIGNUS_DOCTOR_TEST_UNSET@api.example.test",
+        ],
+        &["--token", "vl1.garbage"],
+        &[
+            "--prices",
+            "/nonexistent/prices.yaml",
+            "--allow-domain",
+            "a.test",
+        ],
+    ];
+    for flags in cases {
+        let (rc, report) = doctor(&h, flags);
+        let mut args = vec!["run", "-q"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--", "true"]);
+        let o = h.run(&args);
+        assert_eq!(
+            rc == 0,
+            code(&o) == 0,
+            "doctor and run disagree on {flags:?}: doctor {report}, run exit {} {}",
+            code(&o),
+            stderr(&o)
+        );
+        assert_eq!(report["run"]["would_start"] == true, rc == 0, "{report}");
+        if rc != 0 {
+            assert!(
+                !report["run"]["problems"][0]
+                    .as_str()
+                    .unwrap_or("")
+                    .is_empty(),
+                "{flags:?}: no reason given: {report}"
+            );
+        }
+    }
+}

@@ -118,7 +118,8 @@ fn check_empty_file_is_all_defaults() {
     let env = Env::new();
     let f = env.write("empty.yaml", "");
     let v = env.json(&["policy", "check", "--json", p(&f)]);
-    assert_eq!(v["security_context"]["level"], "standard");
+    // What `run --policy empty.yaml` enforces: the level of `run` itself.
+    assert_eq!(v["security_context"]["level"], "none");
     assert_eq!(v["security_context"]["user"], serde_json::Value::Null);
     assert_eq!(v["constraints"]["max_runtime"], serde_json::Value::Null);
     assert_eq!(v["constraints"]["network"]["default_policy"], "deny");
@@ -303,4 +304,27 @@ fn show_fails_closed_on_a_bad_policy() {
     // A bad flag is a usage error.
     let out = env.run(&["policy", "show", "--max-runtime", "soon"]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
+}
+
+/// `policy check` refuses what `run --policy FILE` would refuse, beyond
+/// the file's own syntax: an https webhook, a user this host lacks.
+#[test]
+fn check_refuses_what_run_refuses() {
+    let env = Env::new();
+    for (yaml, needle) in [
+        (
+            "violation_protocol:\n  alert_webhook: https://alerts.example.test/x\n",
+            "http://",
+        ),
+        (
+            "security_context:\n  user: no-such-user-vallignus\n",
+            "no-such-user-vallignus",
+        ),
+    ] {
+        let f = env.write("p.yaml", yaml);
+        let out = env.run(&["policy", "check", p(&f)]);
+        assert_eq!(code(&out), 1, "{yaml}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{yaml}: {}", stderr(&out));
+        assert_eq!(stdout(&out), "");
+    }
 }

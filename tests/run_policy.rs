@@ -220,7 +220,7 @@ fn a_token_run_hides_the_store_and_the_token() {
     let secret = std::fs::read_to_string(&key).unwrap();
     assert!(!out.contains(secret.trim()), "key content leaked: {out}");
     let s = h.session_json();
-    assert_eq!(s["token_jti"].as_str().is_some(), true);
+    assert!(s["token_jti"].as_str().is_some());
     assert_eq!(s["enforcement"]["landlock"]["enforced"], true);
 }
 
@@ -362,6 +362,34 @@ fn policy_show_applies_the_token() {
         v["constraints"]["network"]["allow_domains"][0],
         "api.example.com"
     );
+    // Every run flag is taken, and the token stays the ceiling: a flag's
+    // extra domain is not in effect.
+    let o = h.run(&[
+        "policy",
+        "show",
+        "--json",
+        "--token",
+        &token,
+        "--allow-domain",
+        "api.example.com",
+        "--allow-domain",
+        "evil.example.net",
+        "--memory-max",
+        "64M",
+        "--user",
+        "nobody",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["constraints"]["network"]["allow_domains"],
+        serde_json::json!(["api.example.com"]),
+        "{v}"
+    );
+    assert_eq!(v["constraints"]["memory"], 64u64 << 20);
+    // A token raises the level to standard (the store must stay hidden).
+    assert_eq!(v["security_context"]["level"], "standard");
+    assert_eq!(v["security_context"]["user"], "65534:65534");
     let o = h.run(&["policy", "show", "--token", "vl1.bad"]);
     assert_ne!(code(&o), 0);
     assert!(stderr(&o).contains("--token"), "{}", stderr(&o));

@@ -9,53 +9,30 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::cgroup;
-use crate::isolation::namespaces::{Level, Namespaces};
-use crate::isolation::user::{self, RunAs};
-use crate::policy::units::{parse_count, parse_size};
 
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
-    /// Check a run with this policy file.
-    #[arg(long, value_name = "FILE")]
-    policy: Option<PathBuf>,
-    /// Check a run with this isolation level.
-    #[arg(long, value_name = "LEVEL", value_parser = Level::parse)]
-    isolation: Option<Level>,
-    /// Check a run with these namespaces.
-    #[arg(long, value_name = "LIST", value_parser = Namespaces::parse)]
-    unshare: Option<Namespaces>,
-    /// Check a run as this user.
-    #[arg(long, value_name = "USER", value_parser = user::resolve)]
-    user: Option<RunAs>,
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    memory_max: Option<u64>,
-    #[arg(long, value_name = "N", value_parser = parse_count)]
-    pids_max: Option<u64>,
-    #[arg(long, value_name = "CPUS")]
-    cpu_max: Option<f64>,
-    /// As with `run`: what cannot be enforced is recorded instead of failing.
-    #[arg(long)]
-    best_effort: bool,
-    /// Check this credential (as `run --credential`): is its secret there? Listed by name,
-    /// source and hosts, never by value. Repeatable.
-    #[arg(long, value_name = "NAME=ENV_VAR@HOST[,HOST...]")]
-    credential: Vec<crate::net::credentials::CredentialSpec>,
+
+    /// The run to check: every `run` flag (--policy, --token, --isolation, --user,
+    /// --memory-max, --allow-domain, --credential, ...), resolved exactly as `run` does.
+    #[command(flatten)]
+    run: super::run::RunFlags,
 }
 
 /// One line of the report.
 #[derive(Debug, Serialize)]
 struct Check {
-    name: &'static str,
+    name: String,
     ok: bool,
     detail: String,
 }
 
 fn check(name: &'static str, ok: bool, detail: impl Into<String>) -> Check {
     Check {
-        name,
+        name: name.to_string(),
         ok,
         detail: detail.into(),
     }
@@ -86,12 +63,6 @@ fn which(tool: &str) -> Option<PathBuf> {
 /// What the host offers, probed once.
 struct Host {
     checks: Vec<Check>,
-    cgroup_mount: Option<PathBuf>,
-    controllers: Vec<String>,
-    cgroup_kill: bool,
-    userns: bool,
-    landlock_abi: u32,
-    root: bool,
 }
 
 fn probe_host() -> Host {
@@ -106,9 +77,14 @@ fn probe_host() -> Host {
 
     let mountinfo = read("/proc/self/mountinfo").unwrap_or_default();
     let mount = cgroup::find_cgroup2_mount(&mountinfo);
-    let controllers: Vec<String> = mount
+    // The controllers vallignus's base cgroup can hand to its runs (the
+    // base run uses: $VALLIGNUS_CGROUP_ROOT, or <mount>/vallignus as root).
+    let base = cgroup::resolve_base().ok();
+    let controllers: Vec<String> = base
         .as_ref()
-        .and_then(|m| std::fs::read_to_string(m.join("cgroup.subtree_control")).ok())
+        .map(|b| b.join("cgroup.controllers"))
+        .or_else(|| mount.as_ref().map(|m| m.join("cgroup.subtree_control")))
+        .and_then(|f| std::fs::read_to_string(f).ok())
         .map(|s| s.split_whitespace().map(String::from).collect())
         .unwrap_or_default();
     match &mount {
@@ -146,9 +122,17 @@ fn probe_host() -> Host {
             },
             ok,
             if ok {
-                "enabled for vallignus's cgroups".to_string()
+                format!(
+                    "enabled for vallignus's cgroups ({})",
+                    base.as_ref()
+                        .map_or("the cgroup2 root".into(), |b| b.display().to_string())
+                )
             } else {
-                "not enabled in the cgroup2 root's subtree_control (on a v1/v2 hybrid host it is bound to cgroup v1)".to_string()
+                format!(
+                    "not offered to {} (on a v1/v2 hybrid host it is bound to cgroup v1)",
+                    base.as_ref()
+                        .map_or("the cgroup2 root".into(), |b| b.display().to_string())
+                )
             },
         ));
     }
@@ -174,7 +158,7 @@ fn probe_host() -> Host {
     checks.push(check(
         "landlock",
         landlock.meets_requirement(),
-        format!("{landlock:?}"),
+        landlock.describe(),
     ));
     let seccomp = read("/proc/sys/kernel/seccomp/actions_avail");
     checks.push(check(
@@ -192,24 +176,8 @@ fn probe_host() -> Host {
             p.display().to_string()
         }),
     ));
-    let veth = Path::new("/sys/module/veth").exists()
-        || Path::new(&format!(
-            "/lib/modules/{release}/kernel/drivers/net/veth.ko"
-        ))
-        .exists()
-        || Path::new(&format!(
-            "/lib/modules/{release}/kernel/drivers/net/veth.ko.xz"
-        ))
-        .exists();
-    checks.push(check(
-        "veth",
-        veth,
-        if veth {
-            "available"
-        } else {
-            "no veth module found (it may be built into the kernel)"
-        },
-    ));
+    let veth = probe_veth(&release);
+    checks.push(check("veth", veth.0, veth.1));
     checks.push(check(
         "privileges",
         true,
@@ -219,14 +187,51 @@ fn probe_host() -> Host {
             "not root: --user and cgroups outside a delegated subtree are unavailable"
         },
     ));
-    Host {
-        checks,
-        cgroup_mount: mount,
-        controllers,
-        cgroup_kill,
-        userns,
-        landlock_abi: landlock.abi(),
-        root,
+    Host { checks }
+}
+
+/// Whether the kernel can make a veth pair: as root, by making one in a
+/// throwaway network namespace (`unshare -n ip link add`; the namespace and
+/// the pair vanish with the process); otherwise from the module files.
+fn probe_veth(release: &str) -> (bool, String) {
+    if nix::unistd::geteuid().is_root() {
+        if let (Some(unshare), Some(ip)) = (which("unshare"), which("ip")) {
+            let made = std::process::Command::new(unshare)
+                .arg("-n")
+                .arg(ip)
+                .args([
+                    "link", "add", "vdoctor0", "type", "veth", "peer", "name", "vdoctor1",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            return if made {
+                (
+                    true,
+                    "available (a pair was made in a throwaway namespace)".into(),
+                )
+            } else {
+                (
+                    false,
+                    "the kernel refused to make a veth pair (CONFIG_VETH?)".into(),
+                )
+            };
+        }
+    }
+    let found = Path::new("/sys/module/veth").exists()
+        || ["veth.ko", "veth.ko.xz", "veth.ko.zst"]
+            .iter()
+            .any(|f| Path::new(&format!("/lib/modules/{release}/kernel/drivers/net/{f}")).exists())
+        || read(&format!("/lib/modules/{release}/modules.builtin"))
+            .is_some_and(|b| b.contains("drivers/net/veth.ko"));
+    if found {
+        (true, "available".into())
+    } else {
+        (
+            false,
+            "not found (no module, not listed as built in; as root doctor tries one)".into(),
+        )
     }
 }
 
@@ -246,103 +251,38 @@ fn probe_cgroup_kill(mount: &Path) -> bool {
     ok
 }
 
-/// Whether a run with the given options would start, with the reasons.
-fn check_run(args: &DoctorArgs, host: &Host) -> (bool, Vec<String>) {
-    let mut problems = Vec::new();
-    let mut level = args.isolation.unwrap_or_default();
-    let mut memory = args.memory_max;
-    let mut pids = args.pids_max;
-    let mut cpu = args.cpu_max;
-    let mut run_as = args.user;
-    let mut credentials = args.credential.clone();
-    if let Some(path) = &args.policy {
-        match crate::policy::file::load(path) {
-            Ok(f) => {
-                use crate::policy::file::SecurityLevel;
-                if args.isolation.is_none() {
-                    if let Some(l) = f.security_context.level {
-                        level = match l {
-                            SecurityLevel::Standard => Level::Standard,
-                            SecurityLevel::Strict => Level::Strict,
-                            SecurityLevel::Unconfined => Level::None,
-                        };
-                    }
-                }
-                memory = memory.or(f.constraints.memory);
-                pids = pids.or(f.constraints.pids);
-                cpu = cpu.or(f.constraints.cpu);
-                if run_as.is_none() {
-                    if let Some(u) = &f.security_context.user {
-                        match user::resolve(&u.to_string()) {
-                            Ok(r) => run_as = Some(r),
-                            Err(e) => problems.push(e),
-                        }
-                    }
-                }
-                for c in &f.credentials {
-                    if !credentials.iter().any(|have| have.name == c.name) {
-                        credentials.push(c.clone());
-                    }
-                }
-            }
-            Err(e) => problems.push(e.to_string()),
+/// Whether `run` with these flags would start: the flags resolved as `run`
+/// resolves them, then the checks `run` makes before it starts anything.
+/// The problems (empty when it would start) and what would be enforced.
+fn check_run(flags: &super::run::RunFlags) -> (Vec<String>, Vec<Check>) {
+    let policy = match super::run::resolve(flags) {
+        Ok(p) => p,
+        Err(e) => return (vec![e], Vec::new()),
+    };
+    match crate::supervisor::preflight(&policy) {
+        Ok(map) => {
+            let layers = map
+                .into_iter()
+                .map(|(name, e)| Check {
+                    name,
+                    ok: e.enforced,
+                    detail: e.detail,
+                })
+                .collect();
+            (Vec::new(), layers)
         }
+        Err(e) => (vec![e.to_string()], Vec::new()),
     }
-    let no_cgroup = host.cgroup_mount.is_none()
-        || (!host.cgroup_kill && std::env::var_os(cgroup::CGROUP_ROOT_ENV).is_none());
-    if no_cgroup && !args.best_effort {
-        problems.push("no usable cgroup: run as root on a host with cgroup2 (or set VALLIGNUS_CGROUP_ROOT), or use --best-effort".into());
-    }
-    for (asked, name) in [
-        (memory.is_some(), "memory"),
-        (pids.is_some(), "pids"),
-        (cpu.is_some(), "cpu"),
-    ] {
-        if asked && !host.controllers.iter().any(|c| c == name) && !args.best_effort {
-            problems.push(format!(
-                "the {name} controller is not enabled here, so its limit cannot be enforced"
-            ));
-        }
-    }
-    let ns = level
-        .namespaces()
-        .union(args.unshare.unwrap_or_default())
-        .normalized();
-    if ns.any() && !host.root && !host.userns {
-        problems.push(format!("namespaces {ns} need root or unprivileged user namespaces, which this host does not allow"));
-    }
-    if run_as.is_some() && !host.root {
-        problems.push("--user needs root".into());
-    }
-    if level != Level::None && host.landlock_abi == 0 {
-        problems.push("note: landlock is unavailable; file rules will not be enforced".into());
-    }
-    // Credentials: the secret must be readable now (its value is never
-    // shown); the proxy that injects it needs root.
-    for c in &credentials {
-        match c.load(|k| std::env::var_os(k)) {
-            Ok(_) => problems.push(format!(
-                "note: credential {}: secret present; injected for {}",
-                c.info().name,
-                c.info().hosts.join(", ")
-            )),
-            Err(e) => problems.push(e.to_string()),
-        }
-    }
-    if !credentials.is_empty() && !nix::unistd::geteuid().is_root() {
-        problems.push("credentials need the policy proxy, which needs root".into());
-    }
-    let ok = problems.iter().all(|p| p.starts_with("note:"));
-    (ok, problems)
 }
 
 pub fn execute(args: DoctorArgs) -> u8 {
     let host = probe_host();
-    let (would_run, problems) = check_run(&args, &host);
+    let (problems, layers) = check_run(&args.run);
+    let would_run = problems.is_empty();
     if args.json {
         let out = serde_json::json!({
             "checks": host.checks,
-            "run": { "would_start": would_run, "problems": problems },
+            "run": { "would_start": would_run, "problems": problems, "enforcement": layers },
         });
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
@@ -356,7 +296,15 @@ pub fn execute(args: DoctorArgs) -> u8 {
         }
         println!();
         if would_run {
-            println!("run: would start");
+            println!("run: would start, enforcing:");
+            for l in &layers {
+                println!(
+                    "  {:<16} {:<4} {}",
+                    l.name,
+                    if l.ok { "yes" } else { "NO" },
+                    l.detail
+                );
+            }
         } else {
             println!("run: would NOT start");
         }

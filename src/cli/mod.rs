@@ -39,7 +39,7 @@ enum Command {
     /// Replay a session's output in the order it was produced.
     Replay(replay::ReplayArgs),
     /// What this host can enforce, and whether a run with a given policy would start.
-    Doctor(doctor::DoctorArgs),
+    Doctor(Box<doctor::DoctorArgs>),
     /// Agents, versioned policies, signing keys and signed tokens.
     #[command(subcommand)]
     Auth(auth::AuthCommand),
@@ -90,7 +90,7 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::execute(*a),
         Command::Sessions(c) => sessions::execute(c),
         Command::Replay(a) => replay::execute(a),
-        Command::Doctor(a) => doctor::execute(a),
+        Command::Doctor(a) => doctor::execute(*a),
         Command::Auth(c) => auth::execute(c),
         Command::Policy(c) => policy::execute(c),
     })

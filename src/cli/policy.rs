@@ -22,7 +22,7 @@ pub enum PolicyCommand {
     ///
     /// The policy file is --policy FILE, else /etc/vallignus/policy.yaml when it
     /// exists ($VALLIGNUS_SYSTEM_POLICY overrides that path).
-    Show(ShowArgs),
+    Show(Box<ShowArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -36,34 +36,23 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct ShowArgs {
-    /// Policy file to apply (default: the system policy, when it exists).
-    #[arg(long, value_name = "FILE")]
-    policy: Option<PathBuf>,
-
-    /// The caps, as `run` takes them (0 = no cap, even if the policy file sets one).
-    #[command(flatten)]
-    caps: super::run::CapFlags,
-
-    /// Apply this token's policy on top (it can only narrow), as `run --token` does.
-    #[arg(
-        long,
-        env = "VALLIGNUS_TOKEN",
-        hide_env_values = true,
-        value_name = "TOKEN"
-    )]
-    token: Option<String>,
-
     /// Print JSON instead of YAML.
     #[arg(long)]
     json: bool,
+
+    /// The run to show: every `run` flag (--policy, --token, caps, --isolation, --user,
+    /// --memory-max, --allow-domain, ...), resolved exactly as `run` does.
+    #[command(flatten)]
+    run: super::run::RunFlags,
 }
 
 #[derive(Debug, thiserror::Error)]
 enum PolicyCliError {
     #[error(transparent)]
     File(#[from] file::PolicyFileError),
-    #[error("--token: {0}")]
-    Token(String),
+    /// What `run` would refuse (its message names the flag, file or token).
+    #[error("{0}")]
+    Run(String),
     #[error("cannot print the policy as {format}: {message}")]
     Print {
         format: &'static str,
@@ -87,78 +76,110 @@ pub fn execute(cmd: PolicyCommand) -> u8 {
 
 fn check(args: &CheckArgs) -> Result<(), PolicyCliError> {
     let policy = file::load(&args.file)?;
+    // What a run with only this file would do: the same resolution, so a
+    // value `run` refuses (an https webhook, an unknown user) fails here.
+    let flags = super::run::RunFlags::with_policy(&args.file).map_err(PolicyCliError::Run)?;
+    let run = super::run::resolve(&flags).map_err(PolicyCliError::Run)?;
     eprintln!("vallignus: {}: valid", args.file.display());
-    print(
-        &file::resolve(Some(&policy), &FlagOverrides::default()),
-        args.json,
-    )
+    let effective = file::resolve(Some(&policy), &FlagOverrides::default());
+    print(&effective, &run, args.json)
 }
 
 fn show(args: &ShowArgs) -> Result<(), PolicyCliError> {
-    let policy = file::load_for_run(args.policy.as_deref())?;
+    let policy = file::load_for_run(args.run.policy_path())?;
+    let run = super::run::resolve(&args.run).map_err(PolicyCliError::Run)?;
     match &policy {
         Some(p) => eprintln!("vallignus: policy file: {}", p.source.display()),
         None => eprintln!("vallignus: no policy file: built-in defaults and flags only"),
     }
-    let flags = args.caps.overrides();
-    let mut effective = file::resolve(policy.as_ref(), &flags);
-    if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
-        narrow_by_token(&mut effective, token)?;
+    if let Some(t) = &run.token_identity {
+        eprintln!(
+            "vallignus: token: agent {} ({}), policy {} v{}",
+            t.agent_id, t.owner, t.policy_id, t.policy_version
+        );
     }
-    print(&effective, args.json)
+    let effective = file::resolve(policy.as_ref(), &args.run.cap_overrides());
+    print(&effective, &run, args.json)
 }
 
-/// What `run --token` does to the limits: the token's policy can only
-/// narrow them; its allowed domains become network rules.
-fn narrow_by_token(p: &mut EffectivePolicy, token: &str) -> Result<(), PolicyCliError> {
-    use crate::policy::narrow;
-    let home =
-        crate::session::store::home_dir().map_err(|e| PolicyCliError::Token(e.to_string()))?;
-    let v = crate::auth::verify_for_run(&home, token, std::time::SystemTime::now())
-        .map_err(|e| PolicyCliError::Token(e.to_string()))?;
-    let tp = &v.policy;
-    let caps = crate::policy::TokenCaps::of(tp);
-    p.max_runtime = narrow(p.max_runtime, caps.max_runtime);
-    p.max_output_lines = narrow(p.max_output_lines, caps.max_output_lines);
-    p.max_output_bytes = narrow(p.max_output_bytes, caps.max_output_bytes);
-    p.network.max_requests = narrow(p.network.max_requests, caps.max_requests);
-    p.network.max_spend_usd = narrow(p.network.max_spend_usd, caps.max_spend_usd);
-    for spec in &tp.credentials {
-        let c: crate::net::credentials::CredentialSpec = spec
-            .parse()
-            .map_err(|e| PolicyCliError::Token(format!("the token's credential: {e}")))?;
-        p.credentials.retain(|have| have.name != c.name);
-        p.credentials.push(c);
+/// The policy file's shape, with what the run resolution decided written
+/// over it: the level, user, limits, network rules (the allow list is what
+/// is in effect, a token's included) and the webhook a run would use.
+fn overlay(doc: &mut serde_json::Value, run: &crate::policy::RunPolicy) {
+    use serde_json::json;
+    // Whole seconds as integers, as the policy file's own printer does.
+    let secs = |d: Option<std::time::Duration>| match d {
+        Some(d) if d.subsec_nanos() == 0 => json!(d.as_secs()),
+        Some(d) => json!(d.as_secs_f64()),
+        None => serde_json::Value::Null,
+    };
+    doc["security_context"]["level"] = json!(run.isolation.level.as_str());
+    // The user as the file names it when that is who runs, else uid:gid.
+    let named = &doc["security_context"]["user"];
+    let as_named = match named {
+        serde_json::Value::String(n) => crate::isolation::user::resolve(n).ok(),
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .and_then(|id| crate::isolation::user::resolve(&id.to_string()).ok()),
+        _ => None,
+    };
+    if as_named != run.isolation.run_as {
+        doc["security_context"]["user"] = match run.isolation.run_as {
+            Some(u) => json!(format!("{}:{}", u.uid, u.gid)),
+            None => serde_json::Value::Null,
+        };
     }
-    for d in &tp.allowed_domains {
-        let pattern = crate::policy::domain::DomainPattern::parse(d)
-            .map_err(|e| PolicyCliError::Token(format!("the token's domain {d:?}: {e}")))?;
-        p.network.allow_domains.push(pattern);
+    let c = &mut doc["constraints"];
+    c["max_runtime"] = secs(run.max_runtime);
+    c["max_output_lines"] = json!(run.max_output_lines);
+    c["max_output_bytes"] = json!(run.max_output_bytes);
+    c["memory"] = json!(run.cgroup.memory_max);
+    c["pids"] = json!(run.cgroup.pids_max);
+    c["cpu"] = json!(run
+        .cgroup
+        .cpu_max
+        .map(|(quota, period)| quota as f64 / period as f64));
+    let n = &mut c["network"];
+    n["max_requests"] = json!(run.max_requests);
+    if let Some(net) = &run.network {
+        if let Ok(rules) = net.rules() {
+            let allow: Vec<String> = rules
+                .effective_allow()
+                .iter()
+                .filter(|p| **p != crate::policy::domain::DomainPattern::AnyName)
+                .map(ToString::to_string)
+                .collect();
+            let open = rules
+                .effective_allow()
+                .contains(&crate::policy::domain::DomainPattern::AnyName);
+            n["allow_domains"] = json!(allow);
+            n["default_policy"] = json!(if open { "allow" } else { "deny" });
+        }
+        n["deny_domains"] = json!(net.deny_domains);
+        n["max_spend_usd"] = json!(net.max_spend_usd);
     }
-    eprintln!(
-        "vallignus: token: agent {} ({}), policy {} v{}",
-        v.agent_id, v.owner, tp.policy_id, tp.version
-    );
-    Ok(())
+    doc["violation_protocol"]["alert_webhook"] = json!(run.alert_webhook);
 }
 
-fn print(policy: &EffectivePolicy, json: bool) -> Result<(), PolicyCliError> {
-    let doc = policy.document();
+fn print(
+    policy: &EffectivePolicy,
+    run: &crate::policy::RunPolicy,
+    json: bool,
+) -> Result<(), PolicyCliError> {
+    let printing =
+        |format: &'static str, message: String| PolicyCliError::Print { format, message };
+    let mut doc =
+        serde_json::to_value(policy.document()).map_err(|e| printing("JSON", e.to_string()))?;
+    overlay(&mut doc, run);
     let text = if json {
         serde_json::to_string_pretty(&doc)
             .map(|mut s| {
                 s.push('\n');
                 s
             })
-            .map_err(|e| PolicyCliError::Print {
-                format: "JSON",
-                message: e.to_string(),
-            })?
+            .map_err(|e| printing("JSON", e.to_string()))?
     } else {
-        serde_saphyr::to_string(&doc).map_err(|e| PolicyCliError::Print {
-            format: "YAML",
-            message: e.to_string(),
-        })?
+        serde_saphyr::to_string(&doc).map_err(|e| printing("YAML", e.to_string()))?
     };
     print!("{text}");
     Ok(())

@@ -45,8 +45,26 @@ impl CapFlags {
     }
 }
 
+/// `vallignus run`: the flags, then the command.
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub flags: RunFlags,
+
+    /// The command to run, after `--`.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    command: Vec<String>,
+}
+
+/// Every flag of `run`, shared with `doctor` and `policy show` (which
+/// resolve them exactly as `run` does, see [`resolve`]).
+#[derive(Debug, Args)]
+pub struct RunFlags {
     #[command(flatten)]
     caps: CapFlags,
 
@@ -211,15 +229,6 @@ pub struct RunArgs {
     /// vallignus 0.4.2 compatibility: its firewall log file (only meaningful with --token).
     #[arg(long, value_name = "FILE", hide = true)]
     log: Option<PathBuf>,
-
-    /// The command to run, after `--`.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
-    command: Vec<String>,
 }
 
 /// `--max-spend-usd` as given: `None` inside is 0, "no cap".
@@ -246,7 +255,36 @@ fn parse_cpus(s: &str) -> Result<(u64, u64), String> {
     cgroup::cpu_max_from_fraction(cpus)
 }
 
-impl RunArgs {
+/// For building [`RunFlags`] from arguments (`policy check FILE`).
+#[derive(clap::Parser)]
+struct FlagsOnly {
+    #[command(flatten)]
+    flags: RunFlags,
+}
+
+impl RunFlags {
+    /// The flags of `run --policy FILE` and nothing else.
+    pub fn with_policy(file: &std::path::Path) -> Result<RunFlags, String> {
+        use clap::Parser;
+        FlagsOnly::try_parse_from([
+            std::ffi::OsStr::new("run"),
+            "--policy".as_ref(),
+            file.as_os_str(),
+        ])
+        .map(|f| f.flags)
+        .map_err(|e| e.to_string())
+    }
+
+    /// `--policy`, as given.
+    pub fn policy_path(&self) -> Option<&std::path::Path> {
+        self.policy.as_deref()
+    }
+
+    /// The caps as given, for the policy file's precedence rules.
+    pub fn cap_overrides(&self) -> crate::policy::file::FlagOverrides {
+        self.caps.overrides()
+    }
+
     fn policy(&self) -> RunPolicy {
         RunPolicy {
             max_runtime: self.caps.max_runtime.filter(|d| !d.is_zero()),
@@ -279,7 +317,7 @@ impl RunArgs {
             best_effort: self.best_effort,
             quiet: self.quiet,
             session_id_file: self.session_id_file.clone(),
-            token: self.token.clone().filter(|t| !t.is_empty()),
+            token: self.token.clone(),
             env: environment::EnvPolicy {
                 clear: self.clear_env,
                 pass: self
@@ -300,17 +338,18 @@ impl RunArgs {
 }
 
 pub fn execute(args: RunArgs) -> u8 {
-    if args.token.is_none() && (args.port.is_some() || args.log.is_some()) && !args.quiet {
+    let RunArgs { flags, command } = args;
+    if flags.token.is_none() && (flags.port.is_some() || flags.log.is_some()) && !flags.quiet {
         eprintln!("vallignus: --port and --log are vallignus 0.4.2 firewall options; ignored");
     }
-    let policy = match resolve(&args) {
+    let policy = match resolve(&flags) {
         Ok(p) => p,
         Err(msg) => {
             eprintln!("vallignus: error: {msg}");
             return 125;
         }
     };
-    match supervisor::run(&args.command, &policy) {
+    match supervisor::run(&command, &policy) {
         Ok(report) => report.exit_code,
         Err(e) => {
             super::print_error(&e);
@@ -322,7 +361,7 @@ pub fn execute(args: RunArgs) -> u8 {
 /// The effective policy of the run: built-in defaults < policy file <
 /// flags, then narrowed by the token. Everything is validated here, before
 /// anything touches the system.
-fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
+pub fn resolve(args: &RunFlags) -> Result<RunPolicy, String> {
     use crate::policy::file::{self, SecurityLevel, User};
     let mut p = args.policy();
 
@@ -427,6 +466,9 @@ fn resolve(args: &RunArgs) -> Result<RunPolicy, String> {
     }
 
     // The token: verified before anything starts, and it only narrows.
+    if p.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        return Err("--token: the token is empty".into());
+    }
     let mut token_credentials: Vec<String> = Vec::new();
     if let Some(token) = &p.token {
         let home = crate::session::store::home_dir().map_err(|e| e.to_string())?;

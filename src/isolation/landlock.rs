@@ -728,6 +728,26 @@ impl Support {
         self.abi() >= REQUIRED_ABI
     }
 
+    /// In words, for `vallignus doctor`.
+    pub fn describe(&self) -> String {
+        match self {
+            Support::Available { abi, kernel_abi } => {
+                let mut out = format!("ABI {abi}");
+                if let Some(k) = kernel_abi {
+                    out.push_str(&format!(" (the kernel has {k})"));
+                }
+                if *abi < REQUIRED_ABI {
+                    out.push_str(&format!(
+                        "; vallignus needs {REQUIRED_ABI} (standard/strict runs fail closed \
+                         without --best-effort)"
+                    ));
+                }
+                out
+            }
+            other => other.unavailable_reason().to_string(),
+        }
+    }
+
     fn unavailable_reason(&self) -> &'static str {
         match self {
             Support::Available { .. } => "available",

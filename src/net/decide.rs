@@ -270,6 +270,29 @@ impl Rules {
         self
     }
 
+    /// The allow patterns in effect: without a ceiling the allow list (or
+    /// every name by default); with one, exactly the hosts both allow (each
+    /// side's patterns that lie within the other side).
+    pub fn effective_allow(&self) -> Vec<DomainPattern> {
+        let own: Vec<DomainPattern> = if self.default_allow {
+            vec![DomainPattern::AnyName]
+        } else {
+            self.allow.clone()
+        };
+        let Some(ceiling) = &self.ceiling else {
+            return own;
+        };
+        let mut out: Vec<DomainPattern> = Vec::new();
+        for (side, other) in [(&own, ceiling), (ceiling, &own)] {
+            for p in side {
+                if other.iter().any(|o| p.within(o)) && !out.contains(p) {
+                    out.push(p.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// Deny wins; then the token's ceiling; then allow, else the default.
     pub fn check(&self, host: &Host) -> HostDecision<'_> {
         if let Some(rule) = self.deny.iter().find(|p| p.matches(host)) {
@@ -992,6 +1015,28 @@ mod tests {
         // Deny still wins inside the token's list.
         let deny = rules(&[], &["api.test"]).with_ceiling(token());
         assert_eq!(check(&deny, "api.test"), Err(Reason::DomainDenied));
+    }
+
+    #[test]
+    fn effective_allow_is_the_intersection() {
+        let show = |r: &Rules| -> Vec<String> {
+            r.effective_allow()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        let token = || parse_patterns(&["api.test", "*.docs.test"]).unwrap();
+        let r = rules(&["api.test", "evil.test", "*.docs.test"], &[]).with_ceiling(token());
+        assert_eq!(show(&r), ["api.test", "*.docs.test"]);
+        let r = rules(&["*.test"], &[]).with_ceiling(token());
+        assert_eq!(show(&r), ["api.test"]);
+        let r = rules(&["a.docs.test", "*.b.docs.test"], &[]).with_ceiling(token());
+        assert_eq!(show(&r), ["a.docs.test", "*.b.docs.test"]);
+        let r = rules(&[], &[])
+            .with_default_allow(true)
+            .with_ceiling(token());
+        assert_eq!(show(&r), ["api.test", "*.docs.test"]);
+        assert_eq!(show(&rules(&[], &[]).with_default_allow(true)), ["*"]);
     }
 
     #[test]

@@ -222,6 +222,12 @@ pub struct NetPlan {
 
 /// The network plan of run `run_id` at probe `index` (0 first; a caller
 /// whose slot is taken tries the next index). Pure and deterministic.
+/// The tools the network path runs (for `doctor`): `nft`. (The veth pair
+/// is made over rtnetlink, which every kernel with veth offers.)
+pub fn check_tools() -> Result<(), NetError> {
+    nft::locate().map(|_| ())
+}
+
 pub fn plan(run_id: &str, index: u32) -> NetPlan {
     let slot = ((run_hash(run_id) as u64 + index as u64) % SLOTS as u64) as u16;
     plan_slot(run_id, slot)

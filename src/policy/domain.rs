@@ -103,6 +103,19 @@ impl DomainPattern {
     }
 
     /// Whether a host (already normalised, see [`normalize_host`]) matches.
+    /// Whether every host this pattern matches is matched by `other`.
+    pub fn within(&self, other: &DomainPattern) -> bool {
+        match (self, other) {
+            (DomainPattern::Exact(h), o) => o.matches(&Host::Name(h.clone())),
+            (DomainPattern::Ip(ip), o) => o.matches(&Host::Ip(*ip)),
+            (DomainPattern::Subdomains(b), DomainPattern::Subdomains(c)) => {
+                b == c || b.strip_suffix(c.as_str()).is_some_and(|p| p.ends_with('.'))
+            }
+            (DomainPattern::Subdomains(_) | DomainPattern::AnyName, DomainPattern::AnyName) => true,
+            _ => false,
+        }
+    }
+
     pub fn matches(&self, host: &Host) -> bool {
         match (self, host) {
             (DomainPattern::Exact(p), Host::Name(h)) => p == h,

@@ -203,6 +203,48 @@ pub fn run(command: &[String], policy: &RunPolicy) -> Result<RunReport, RunError
     }
 }
 
+/// What `run` would enforce with `policy`, checked the way `run` checks it
+/// before it starts anything (`vallignus doctor`): the token, the child's
+/// plan (user, namespaces, landlock, seccomp, network mode, CA and
+/// credentials), the cgroup base and its controllers, and the tools the
+/// network path needs. Creates nothing that outlives the call.
+pub fn preflight(policy: &RunPolicy) -> Result<EnforcementMap, RunError> {
+    let mut enforcement = EnforcementMap::new();
+    check_enforceable(policy, &mut enforcement)?;
+    let probe_id = format!("preflight-{}", std::process::id());
+    let (plan, _interception) = child_plan(&["true".into()], policy, &probe_id, &mut enforcement)?;
+    let controllers = policy.cgroup.controllers();
+    match cgroup::resolve_base().and_then(|base| {
+        cgroup::check_controllers(&base, &controllers)?;
+        Ok(base)
+    }) {
+        Ok(base) => {
+            enforced(&mut enforcement, "cgroup", true, base.display().to_string());
+            for (file, value) in policy.cgroup.files() {
+                enforced(&mut enforcement, file, true, value);
+            }
+        }
+        Err(e) if policy.best_effort => {
+            enforced(&mut enforcement, "cgroup", false, e.to_string());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if plan.network_mode == Some(NetMode::Proxy) {
+        if let Err(e) = crate::net::netns::check_tools() {
+            return Err(RunError::Unsupported(format!("network: {e}")));
+        }
+        enforced(
+            &mut enforcement,
+            "network",
+            true,
+            policy.network.as_ref().map_or_else(String::new, |n| {
+                format!("policy proxy: {}", n.describe_rules())
+            }),
+        );
+    }
+    Ok(enforcement)
+}
+
 fn check_enforceable(policy: &RunPolicy, enforcement: &mut EnforcementMap) -> Result<(), RunError> {
     if let Some(t) = &policy.token_identity {
         enforced(
