@@ -493,6 +493,16 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Write every limit, going on past failures (`--best-effort`): the
+    /// files that could not be written, with why.
+    pub fn apply_each(&self, limits: &Limits) -> Vec<(&'static str, CgroupError)> {
+        limits
+            .files()
+            .into_iter()
+            .filter_map(|(file, value)| self.write(file, &value).err().map(|e| (file, e)))
+            .collect()
+    }
+
     /// A counter of a flat-keyed file such as `memory.events` (`oom_kill`)
     /// or `pids.events` (`max`); `None` without the controller.
     pub fn counter(&self, file: &str, key: &str) -> Option<u64> {

@@ -166,6 +166,8 @@ fn output_passes_through_unchanged() {
     assert_eq!(s["stderr_lines"], 2);
     assert_eq!(s["stdout_bytes"], 9);
     assert_eq!(s["enforcement"]["cgroup"]["enforced"], true);
+    // What is off is recorded as off, not left out.
+    assert_eq!(s["enforcement"]["seccomp"]["enforced"], false);
 }
 
 #[test]

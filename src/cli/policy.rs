@@ -135,6 +135,7 @@ fn overlay(doc: &mut serde_json::Value, run: &crate::policy::RunPolicy) {
     c["max_output_bytes"] = json!(run.max_output_bytes);
     c["memory"] = json!(run.cgroup.memory_max);
     c["pids"] = json!(run.cgroup.pids_max);
+    c["end_on_pids_max"] = json!(run.end_on_pids_max);
     c["cpu"] = json!(run
         .cgroup
         .cpu_max

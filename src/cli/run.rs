@@ -80,6 +80,11 @@ pub struct RunFlags {
     #[arg(long, value_name = "N", value_parser = parse_count)]
     pids_max: Option<u64>,
 
+    /// End the run (pids_max, exit 124) when it reaches --pids-max, instead of only recording
+    /// the refused forks as a limit_event.
+    #[arg(long)]
+    end_on_pids_max: bool,
+
     /// CPU cap in CPUs, e.g. 0.5 or 2 (cgroup cpu.max over a 100 ms period).
     #[arg(long, value_name = "CPUS", value_parser = parse_cpus)]
     cpu_max: Option<(u64, u64)>,
@@ -312,6 +317,7 @@ impl RunFlags {
                 },
                 seccomp: self.seccomp.clone(),
             },
+            end_on_pids_max: self.end_on_pids_max,
             kill_grace: self.kill_grace,
             record_session: !self.no_session,
             best_effort: self.best_effort,
@@ -381,6 +387,7 @@ pub fn resolve(args: &RunFlags) -> Result<RunPolicy, String> {
         p.policy_file = Some(f.source.clone());
         p.cgroup.memory_max = p.cgroup.memory_max.or(eff.memory);
         p.cgroup.pids_max = p.cgroup.pids_max.or(eff.pids);
+        p.end_on_pids_max |= eff.end_on_pids_max;
         if p.cgroup.cpu_max.is_none() {
             if let Some(cpus) = eff.cpu {
                 p.cgroup.cpu_max = Some(cgroup::cpu_max_from_fraction(cpus)?);

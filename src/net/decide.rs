@@ -1028,8 +1028,11 @@ mod tests {
         let token = || parse_patterns(&["api.test", "*.docs.test"]).unwrap();
         let r = rules(&["api.test", "evil.test", "*.docs.test"], &[]).with_ceiling(token());
         assert_eq!(show(&r), ["api.test", "*.docs.test"]);
+        // *.test covers both of the token's: both stay, nothing else.
         let r = rules(&["*.test"], &[]).with_ceiling(token());
-        assert_eq!(show(&r), ["api.test"]);
+        assert_eq!(show(&r), ["api.test", "*.docs.test"]);
+        let r = rules(&["*.other"], &[]).with_ceiling(token());
+        assert!(show(&r).is_empty());
         let r = rules(&["a.docs.test", "*.b.docs.test"], &[]).with_ceiling(token());
         assert_eq!(show(&r), ["a.docs.test", "*.b.docs.test"]);
         let r = rules(&[], &[])

@@ -278,6 +278,9 @@ pub struct Constraints {
     pub memory: Option<u64>,
     /// >= 1.
     pub pids: Option<u64>,
+    /// `end_on_pids_max: true`: reaching `pids` ends the run (`pids_max`);
+    /// otherwise it is only recorded as a `limit_event`.
+    pub end_on_pids_max: Option<bool>,
     /// CPUs, in [`MIN_CPU`]..=[`MAX_CPU`].
     pub cpu: Option<f64>,
     /// `None`: the file has no `network` section.
@@ -407,6 +410,8 @@ struct RawConstraints {
     memory: Leaf,
     #[serde(default)]
     pids: Leaf,
+    #[serde(default)]
+    end_on_pids_max: Leaf,
     #[serde(default)]
     cpu: Leaf,
     #[serde(default)]
@@ -630,6 +635,14 @@ impl Validator<'_> {
                     }
                     Ok(n)
                 })?,
+                end_on_pids_max: self.opt(
+                    cons.end_on_pids_max,
+                    "constraints.end_on_pids_max",
+                    |v, k| match v.value {
+                        Scalar::Bool(b) => Ok(b),
+                        _ => Err(self.invalid(k, v, "expected true or false")),
+                    },
+                )?,
                 cpu: self.opt(cons.cpu, "constraints.cpu", |v, k| self.cpu(v, k))?,
                 network,
             },
@@ -1105,6 +1118,7 @@ pub struct EffectivePolicy {
     pub max_output_lines: Option<u64>,
     pub memory: Option<u64>,
     pub pids: Option<u64>,
+    pub end_on_pids_max: bool,
     pub cpu: Option<f64>,
     /// Default deny with no rules when nothing says otherwise (DESIGN.md,
     /// "Network path"); whether a network policy is configured at all is
@@ -1134,6 +1148,7 @@ pub fn resolve(file: Option<&PolicyFile>, flags: &FlagOverrides) -> EffectivePol
         max_output_lines: nonzero(flags.max_output_lines.or(c.max_output_lines)),
         memory: c.memory,
         pids: c.pids,
+        end_on_pids_max: c.end_on_pids_max.unwrap_or(false),
         cpu: c.cpu,
         network: EffectiveNetwork {
             allow_domains: net.allow_domains,
@@ -1195,6 +1210,7 @@ impl EffectivePolicy {
                 max_output_lines: self.max_output_lines,
                 memory: self.memory,
                 pids: self.pids,
+                end_on_pids_max: self.end_on_pids_max,
                 cpu: self.cpu,
                 network: DocNetwork {
                     allow_domains: self
@@ -1291,6 +1307,7 @@ struct DocConstraints {
     max_output_lines: Option<u64>,
     memory: Option<u64>,
     pids: Option<u64>,
+    end_on_pids_max: bool,
     cpu: Option<f64>,
     network: DocNetwork,
 }

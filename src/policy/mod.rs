@@ -21,6 +21,9 @@ pub struct RunPolicy {
     pub max_requests: Option<u64>,
     /// cgroup v2 controller limits (memory, swap, pids, cpu, io).
     pub cgroup: crate::cgroup::Limits,
+    /// Reaching `pids.max` ends the run (`pids_max`) instead of only being
+    /// recorded.
+    pub end_on_pids_max: bool,
     /// Namespaces, user, private mounts.
     pub isolation: Isolation,
     /// Network rules asked for (--net, --allow-domain, policy file, token,
@@ -56,6 +59,7 @@ impl Default for RunPolicy {
             max_output_bytes: None,
             max_requests: None,
             cgroup: crate::cgroup::Limits::default(),
+            end_on_pids_max: false,
             isolation: Isolation::default(),
             network: None,
             token_identity: None,

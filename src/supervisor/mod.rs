@@ -301,7 +301,17 @@ fn run_session(
         let limits_ok = limits_for_run(&base, limits, policy, enforcement)?;
         let cg =
             Cgroup::create(base.join(cgroup::run_cgroup_name(me.pid, me.start_time, session_id)))?;
-        if limits_ok {
+        if limits_ok && policy.best_effort {
+            // One limit the kernel refuses costs that limit, not the
+            // cgroup (and with it cgroup.kill and every other limit).
+            for (file, e) in cg.apply_each(limits) {
+                note(
+                    policy,
+                    &format!("not enforced (--best-effort): {file}: {e}"),
+                );
+                enforced(enforcement, file, false, format!("not enforced: {e}"));
+            }
+        } else if limits_ok {
             if let Err(e) = cg.apply(limits) {
                 let _ = cg.remove();
                 return Err(e);
@@ -471,7 +481,8 @@ fn run_session(
             agent_id: policy.token_identity.as_ref().map(|t| t.agent_id.clone()),
             max_runtime: policy.max_runtime,
             memory_max: policy.cgroup.memory_max,
-            pids_max: policy.cgroup.pids_max.is_some(),
+            pids_max: policy.cgroup.pids_max,
+            end_on_pids_max: policy.end_on_pids_max,
             kill_grace: policy.kill_grace,
             quiet: policy.quiet,
         },
@@ -868,8 +879,8 @@ fn child_plan(
     let profile = iso.seccomp_profile();
     let seccomp = crate::isolation::seccomp::compile(&profile)
         .map_err(|e| RunError::Unsupported(format!("seccomp: {e}")))?;
-    if let Some(compiled) = &seccomp {
-        enforced(
+    match &seccomp {
+        Some(compiled) => enforced(
             enforcement,
             "seccomp",
             true,
@@ -879,7 +890,14 @@ fn child_plan(
                 compiled.arch(),
                 compiled.filter_names().collect::<Vec<_>>().join(", ")
             ),
-        );
+        ),
+        None => enforced(
+            enforcement,
+            "seccomp",
+            false,
+            "profile none: no system call filter (--seccomp none, or --isolation none without \
+             --seccomp)",
+        ),
     }
     let env_policy = environment::EnvPolicy {
         clear: policy.env.clear || iso.level == crate::isolation::namespaces::Level::Strict,
@@ -1048,7 +1066,12 @@ fn limits_for_run(
     match cgroup::enable_controllers(base, &limits.controllers()) {
         Ok(()) => {
             for (file, value) in limits.files() {
-                enforced(enforcement, file, true, value);
+                let detail = if file == "pids.max" && policy.end_on_pids_max {
+                    format!("{value} (reaching it ends the run)")
+                } else {
+                    value
+                };
+                enforced(enforcement, file, true, detail);
             }
             Ok(true)
         }

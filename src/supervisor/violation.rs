@@ -23,6 +23,12 @@ pub enum Violation {
         limit: u64,
         observed: u64,
     },
+    /// The run reached `pids.max` and the policy ends it for that
+    /// (`--end-on-pids-max`); `observed` is the `max` count of pids.events.
+    PidsMax {
+        limit: u64,
+        observed: u64,
+    },
     /// The proxy refused a request over `--max-requests`.
     MaxRequests {
         limit: u64,
@@ -64,6 +70,7 @@ impl Violation {
             Violation::MaxOutputLines { .. } => "max_output_lines",
             Violation::MaxOutputBytes { .. } => "max_output_bytes",
             Violation::MemoryOom { .. } => "memory_oom",
+            Violation::PidsMax { .. } => "pids_max",
             Violation::MaxRequests { .. } => "max_requests",
             Violation::BudgetExceeded { .. } => "budget_exceeded",
             Violation::Signal(_) => "signal",
@@ -77,6 +84,7 @@ impl Violation {
             Violation::MaxOutputLines { limit, .. }
             | Violation::MaxOutputBytes { limit, .. }
             | Violation::MemoryOom { limit, .. }
+            | Violation::PidsMax { limit, .. }
             | Violation::MaxRequests { limit, .. } => (*limit).into(),
             Violation::BudgetExceeded { limit, .. } => usd(*limit),
             Violation::Signal(n) => (*n).into(),
@@ -90,6 +98,7 @@ impl Violation {
             Violation::MaxOutputLines { observed, .. }
             | Violation::MaxOutputBytes { observed, .. }
             | Violation::MemoryOom { observed, .. }
+            | Violation::PidsMax { observed, .. }
             | Violation::MaxRequests { observed, .. } => (*observed).into(),
             Violation::BudgetExceeded { observed, .. } => usd(*observed),
             Violation::Signal(n) => (*n).into(),

@@ -37,8 +37,10 @@ pub struct WatchConfig {
     pub max_runtime: Option<Duration>,
     /// `memory.max`, when set: an OOM kill in the run ends it (`memory_oom`).
     pub memory_max: Option<u64>,
-    /// Whether `pids.max` is set: hitting it is recorded as a `limit_event`.
-    pub pids_max: bool,
+    /// `pids.max`, when set: hitting it is recorded as a `limit_event`,
+    /// and ends the run (`pids_max`) when `end_on_pids_max`.
+    pub pids_max: Option<u64>,
+    pub end_on_pids_max: bool,
     /// `--max-requests`: a request refused for it ends the run (unless
     /// `log_request_violations`).
     pub max_requests: Option<u64>,
@@ -269,6 +271,12 @@ impl Loop<'_> {
                 observed: count,
             });
         }
+        if w.kind == "pids_max" && self.cfg.end_on_pids_max {
+            self.violate(Violation::PidsMax {
+                limit: self.cfg.pids_max.unwrap_or(0),
+                observed: count,
+            });
+        }
     }
 
     fn on_signal(&mut self, signals: &SignalFd) {
@@ -408,7 +416,7 @@ pub fn watch(
             "oom_kill",
         ));
     }
-    if cfg.pids_max {
+    if cfg.pids_max.is_some() {
         limit_watches.extend(LimitWatch::open(
             containment,
             "pids.events",

@@ -656,3 +656,16 @@ fn bad_request_rules_and_credentials_are_named() {
     assert!(e.to_string().contains("twice"), "{e}");
     assert!(p("credentials:\n  - {name: K, env: A, hosts: [a.com], value: x}\n").is_err());
 }
+
+#[test]
+fn end_on_pids_max_is_a_boolean() {
+    let f = p("constraints:\n  pids: 50\n  end_on_pids_max: true\n").unwrap();
+    assert_eq!(f.constraints.end_on_pids_max, Some(true));
+    assert!(resolve(Some(&f), &FlagOverrides::default()).end_on_pids_max);
+    assert!(!resolve(None, &FlagOverrides::default()).end_on_pids_max);
+    err_at(
+        "constraints:\n  end_on_pids_max: sometimes\n",
+        2,
+        "constraints.end_on_pids_max",
+    );
+}
