@@ -1,4 +1,4 @@
-//! Controller limits (memory, pids, cpu): these need a cgroup v2 hierarchy
+//! Controller limits (memory, pids, cpu, io): these need a cgroup v2 hierarchy
 //! with the controllers enabled, which this hybrid host does not have, so
 //! they run in the VM tier (scripts/vm/test) and skip elsewhere with the
 //! reason.
@@ -75,9 +75,9 @@ fn memory_hog_is_oom_killed_and_reported() {
     assert!(oom["counters"]["oom_kill"].as_u64().unwrap() >= 1);
 }
 
-/// Tests that measure time or load (the fork bomb) run one at a time: the
-/// VM has two slow TCG vCPUs, and one such test next to another would skew
-/// both.
+/// Tests that measure time or load (the fork bomb, the I/O cap) run one at
+/// a time: the VM has two slow TCG vCPUs, and either test next to the other
+/// would skew both.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -293,6 +293,231 @@ fn fork_bomb_is_contained_by_pids_max() {
     );
 }
 
+/// A loop device over a file in a temporary directory (the guest's tmpfs
+/// in the VM tier), detached when dropped, a failed assertion included.
+struct LoopDevice {
+    path: String,
+    /// `MAJ:MIN`, the name io.max and io.stat give the device.
+    devno: String,
+    _backing: tempfile::TempDir,
+}
+
+impl LoopDevice {
+    /// A loop device of `size` bytes, or `None` (with a printed skip) when
+    /// this kernel or machine cannot make one.
+    fn create(test: &str, size: usize) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("disk");
+        std::fs::write(&file, vec![0x5a; size]).unwrap();
+        // loop is a module on Debian kernels, and nothing in the VM loads it
+        // on demand (no udev).
+        let _ = Command::new("modprobe")
+            .arg("loop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let o = match Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&file)
+            .stdin(Stdio::null())
+            .output()
+        {
+            Ok(o) => o,
+            Err(e) => {
+                skip(test, &format!("cannot run losetup: {e}"));
+                return None;
+            }
+        };
+        if !o.status.success() {
+            skip(
+                test,
+                &format!("cannot create a loop device: {}", stderr(&o).trim()),
+            );
+            return None;
+        }
+        let mut dev = LoopDevice {
+            path: stdout(&o).trim().to_string(),
+            devno: String::new(),
+            _backing: dir,
+        };
+        let name = dev.path.trim_start_matches("/dev/").to_string();
+        dev.devno = std::fs::read_to_string(format!("/sys/class/block/{name}/dev"))
+            .unwrap_or_else(|e| panic!("no device number for {}: {e}", dev.path))
+            .trim()
+            .to_string();
+        Some(dev)
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let result = Command::new("losetup")
+            .arg("--detach")
+            .arg(&self.path)
+            .stdin(Stdio::null())
+            .output();
+        let failure = match result {
+            Ok(o) if o.status.success() => return,
+            Ok(o) => stderr(&o),
+            Err(e) => e.to_string(),
+        };
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: cannot detach {}: {}",
+            self.path,
+            failure.trim()
+        );
+    }
+}
+
+/// What one capped direct read saw.
+struct DirectRead {
+    /// dd's own elapsed time: vallignus's start-up is not in it.
+    secs: f64,
+    /// What the run cgroup's io.stat charged to it for the device.
+    rbytes: u64,
+    /// The run cgroup's io.max line for the device ("" when unlimited).
+    io_max: String,
+}
+
+/// `vallignus run --io-max "<dev> <limit>"` of a `dd iflag=direct` that
+/// reads `bytes` from `dev`: O_DIRECT bypasses the page cache, so each byte
+/// is block I/O that the io controller sees. The agent then prints its own
+/// cgroup's io.stat and io.max lines for the device.
+fn read_direct(dev: &LoopDevice, limit: &str, bytes: usize) -> DirectRead {
+    const BLOCK: usize = 256 << 10;
+    let mount = cgroup2_mount().unwrap();
+    let rule = format!("{} {limit}", dev.devno);
+    let script = format!(
+        "LC_ALL=C dd if={path} of=/dev/null bs={BLOCK} count={count} iflag=direct 2>&1 || exit 1
+         cg={mount}$(sed -n 's/^0:://p' /proc/self/cgroup)
+         echo \"io.stat: $(grep '^{devno} ' \"$cg/io.stat\")\"
+         echo \"io.max: $(grep '^{devno} ' \"$cg/io.max\")\"",
+        path = dev.path,
+        count = bytes / BLOCK,
+        mount = mount.display(),
+        devno = dev.devno,
+    );
+    let h = Home::new();
+    let o = h.run(&["run", "-q", "--io-max", &rule, "--", "sh", "-c", &script]);
+    let out = stdout(&o);
+    assert_eq!(
+        code(&o),
+        0,
+        "reading {} under --io-max {rule:?} failed: {out}{}",
+        dev.path,
+        stderr(&o)
+    );
+    let s = h.session_json();
+    assert_eq!(s["enforcement"]["io.max"]["enforced"], true, "{s}");
+    assert_eq!(s["enforcement"]["io.max"]["detail"], rule.as_str(), "{s}");
+    let secs = out
+        .lines()
+        .find_map(|l| {
+            l.split_once(" copied, ")?
+                .1
+                .split_once(" s")?
+                .0
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no dd summary in the output: {out:?}"));
+    let rbytes = out
+        .lines()
+        .find_map(|l| l.strip_prefix("io.stat: "))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|kv| kv.strip_prefix("rbytes="))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no rbytes for {} in io.stat: {out:?}", dev.devno));
+    let io_max = out
+        .lines()
+        .find_map(|l| l.strip_prefix("io.max:"))
+        .unwrap_or_else(|| panic!("no io.max line in the output: {out:?}"))
+        .trim()
+        .to_string();
+    DirectRead {
+        secs,
+        rbytes,
+        io_max,
+    }
+}
+
+#[test]
+fn io_max_throttles_direct_reads() {
+    const TEST: &str = "io_max_throttles_direct_reads";
+    const CAP: usize = 1 << 20; // rbps: 1 MiB/s
+    const READ: usize = 4 << 20; // 4 s at the cap
+    const MIB: f64 = (1 << 20) as f64;
+    if !controllers_available(TEST, &["io"]) {
+        return;
+    }
+    let _serial = serial();
+    let Some(dev) = LoopDevice::create(TEST, 2 * READ) else {
+        return;
+    };
+    // The same read twice, in one test: with no limit (rbps=max still puts
+    // the run under the io controller, so io.stat is there to compare), and
+    // with the cap.
+    let free = read_direct(&dev, "rbps=max", READ);
+    let capped = read_direct(&dev, &format!("rbps={CAP}"), READ);
+    let free_rate = READ as f64 / free.secs;
+    let capped_rate = READ as f64 / capped.secs;
+    report(
+        TEST,
+        &format!(
+            "{} MiB from {}: {:.3} s ({:.2} MiB/s) unlimited, {:.3} s ({:.2} MiB/s) at rbps={CAP}",
+            READ >> 20,
+            dev.path,
+            free.secs,
+            free_rate / MIB,
+            capped.secs,
+            capped_rate / MIB
+        ),
+    );
+
+    // Both reads went through the run's cgroup, as block I/O on the device.
+    for (name, r) in [("unlimited", &free), ("capped", &capped)] {
+        assert!(
+            r.rbytes >= READ as u64,
+            "the {name} run's io.stat charged {} bytes for {}, less than the {READ} read",
+            r.rbytes,
+            dev.devno
+        );
+    }
+    assert_eq!(
+        free.io_max, "",
+        "rbps=max should leave io.max without a limit for the device"
+    );
+    assert_eq!(
+        capped.io_max,
+        format!("{} rbps={CAP} wbps=max riops=max wiops=max", dev.devno),
+        "the capped run's io.max"
+    );
+    // The device must be well above the cap, or the comparison shows nothing.
+    assert!(
+        free_rate >= 3.0 * CAP as f64,
+        "the unlimited read ran at {:.2} MiB/s: too slow to show a {} MiB/s cap",
+        free_rate / MIB,
+        CAP >> 20
+    );
+    // TCG only ever slows a read down, so this bound is firm; 1.5x leaves room
+    // for what blk-throttle lets through in its first time slice.
+    assert!(
+        capped_rate <= 1.5 * CAP as f64,
+        "the capped read ran at {:.2} MiB/s, over its {} MiB/s cap",
+        capped_rate / MIB,
+        CAP >> 20
+    );
+    assert!(
+        capped.secs >= 3.0 * free.secs,
+        "the capped read took {:.3} s, not even 3 times the unlimited read's {:.3} s",
+        capped.secs,
+        free.secs
+    );
+}
 #[test]
 fn cpu_max_throttles_a_busy_loop() {
     if !controllers_available("cpu_max_throttles_a_busy_loop", &["cpu"]) {
