@@ -518,6 +518,47 @@ fn io_max_throttles_direct_reads() {
         free.secs
     );
 }
+/// With `--end-on-pids-max`, the first refused fork ends the run
+/// (`pids_max`, exit 124) instead of being recorded and survived.
+#[test]
+fn end_on_pids_max_ends_the_run() {
+    let test = "end_on_pids_max_ends_the_run";
+    if !controllers_available(test, &["pids"]) {
+        return;
+    }
+    let _serial = serial();
+    let h = Home::new();
+    let marker = marker();
+    let script = format!("for i in $(seq 40); do sleep {marker} & done; wait");
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--pids-max",
+        "10",
+        "--end-on-pids-max",
+        "--max-runtime",
+        "60",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(code(&o), 124, "{}", stderr(&o));
+    let s = h.session_json();
+    assert_eq!(s["termination_reason"], "pids_max", "{s}");
+    assert_eq!(s["termination_limit_value"], 10);
+    assert!(s["termination_observed_value"].as_u64().unwrap() >= 1);
+    assert!(
+        s["duration_ms"].as_f64().unwrap() < 30_000.0,
+        "the run was not ended by pids.max: {s}"
+    );
+    assert_eq!(
+        s["enforcement"]["pids.max"]["detail"],
+        "10 (reaching it ends the run)"
+    );
+    assert_none_left(&marker);
+}
+
 #[test]
 fn cpu_max_throttles_a_busy_loop() {
     if !controllers_available("cpu_max_throttles_a_busy_loop", &["cpu"]) {

@@ -1065,13 +1065,19 @@ fn limits_for_run(
 ) -> Result<bool, CgroupError> {
     match cgroup::enable_controllers(base, &limits.controllers()) {
         Ok(()) => {
+            // One entry per file: several io.max rules (one per device)
+            // are listed together.
+            let mut details: BTreeMap<&str, Vec<String>> = BTreeMap::new();
             for (file, value) in limits.files() {
                 let detail = if file == "pids.max" && policy.end_on_pids_max {
                     format!("{value} (reaching it ends the run)")
                 } else {
                     value
                 };
-                enforced(enforcement, file, true, detail);
+                details.entry(file).or_default().push(detail);
+            }
+            for (file, values) in details {
+                enforced(enforcement, file, true, values.join("; "));
             }
             Ok(true)
         }
