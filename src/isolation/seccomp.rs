@@ -335,16 +335,17 @@ pub fn compile_json(
     })
 }
 
-/// Compile one filter through seccompiler, as a one-filter JSON map.
+/// Compile one filter through seccompiler, as a one-filter JSON map made
+/// from the filter's own text (no parse and re-serialise: compiling is on
+/// the start-up path of every run with seccomp).
 fn compile_filter(
     name: &str,
-    body: serde_json::Value,
+    body: &serde_json::value::RawValue,
     arch: Arch,
 ) -> Result<BpfProgram, seccompiler::Error> {
-    let mut map = serde_json::Map::new();
-    map.insert(name.to_owned(), body);
-    // A Map of Values always serializes.
-    let text = serde_json::Value::Object(map).to_string();
+    // A String always serializes.
+    let key = serde_json::to_string(name).unwrap_or_default();
+    let text = format!("{{{key}:{}}}", body.get());
     let mut compiled = seccompiler::compile_from_json(text.as_bytes(), arch.target())?;
     Ok(compiled.remove(name).unwrap_or_default())
 }
@@ -394,21 +395,24 @@ pub fn install(compiled: &CompiledProfile) -> Result<(), SeccompError> {
     Ok(())
 }
 
-/// The top-level object of a profile as (name, filter) pairs in file order,
-/// duplicates kept so they can be reported (serde_json's map drops them).
-struct FilterEntries(Vec<(String, serde_json::Value)>);
+/// The top-level object of a profile as (name, filter text) pairs in file
+/// order, duplicates kept so they can be reported (serde_json's map drops
+/// them).
+struct FilterEntries<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
 
-impl<'de> Deserialize<'de> for FilterEntries {
+impl<'de> Deserialize<'de> for FilterEntries<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct EntriesVisitor;
         impl<'de> Visitor<'de> for EntriesVisitor {
-            type Value = FilterEntries;
+            type Value = FilterEntries<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("an object mapping filter names to filters")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut entries = Vec::new();
-                while let Some(entry) = map.next_entry::<String, serde_json::Value>()? {
+                while let Some(entry) =
+                    map.next_entry::<String, &'de serde_json::value::RawValue>()?
+                {
                     entries.push(entry);
                 }
                 Ok(FilterEntries(entries))
