@@ -194,8 +194,11 @@ pub fn run(command: &[String], policy: &RunPolicy) -> Result<RunReport, RunError
                 let chain = journal.finish().ok().flatten();
                 let events = journal.event_count();
                 let (home, dir) = (r.home().to_path_buf(), r.dir.clone());
-                if r.finish(Status::FailedToStart).is_ok() {
+                if let Ok(sync) = r.finish(Status::FailedToStart) {
                     seal_session(&home, &dir, &session_id, chain.as_deref(), events);
+                    if let Err(e) = sync.wait() {
+                        note(policy, &format!("cannot write session.json: {e}"));
+                    }
                 }
             }
             Err(e)
@@ -1161,7 +1164,12 @@ fn finish(
     let id = r.id().to_string();
     let (home, dir) = (r.home().to_path_buf(), r.dir.clone());
     match r.finish(status) {
-        Ok(()) => seal_session(&home, &dir, &id, chain.as_deref(), journal.event_count()),
+        Ok(sync) => {
+            seal_session(&home, &dir, &id, chain.as_deref(), journal.event_count());
+            if let Err(e) = sync.wait() {
+                note(policy, &format!("cannot write session.json: {e}"));
+            }
+        }
         Err(e) => note(policy, &format!("cannot write session.json: {e}")),
     }
     note(policy, &format!("session {id} (vallignus replay {id})"));

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::session::meta::{env_summary, Limits, SupervisorInfo};
-use crate::session::store::{create_private_file, save_meta, save_meta_with, SessionError, Store};
+use crate::session::store::{create_private_file, save_meta_with, SessionError, Store};
 use crate::session::{EventWriter, SessionMeta, Status};
 
 use super::journal::Journal;
@@ -85,12 +85,47 @@ impl Record {
         save_meta_with(&self.dir, &self.meta, false)
     }
 
-    /// Write the final `session.json` and drop the running marker.
-    pub fn finish(mut self, status: Status) -> Result<(), SessionError> {
+    /// Write the final `session.json` and drop the running marker. The
+    /// file is made durable (fdatasync) on a thread, so the seal can be
+    /// computed and written meanwhile: two disk flushes overlap instead of
+    /// adding up at the end of every run. [`FinalSync::wait`] joins it.
+    pub fn finish(mut self, status: Status) -> Result<FinalSync, SessionError> {
         self.meta.status = Some(status);
         self.meta.finished_at_iso = Some(now_iso());
-        let result = save_meta(&self.dir, &self.meta);
+        let result = save_meta_with(&self.dir, &self.meta, false);
         self.store.clear_running(&self.meta.session_id);
-        result
+        result?;
+        let path = self.dir.join("session.json");
+        let sync = {
+            let path = path.clone();
+            std::thread::Builder::new()
+                .name("session-sync".into())
+                .spawn(move || std::fs::File::open(&path).and_then(|f| f.sync_data()))
+        };
+        Ok(FinalSync { path, sync })
+    }
+}
+
+/// The final `session.json` on its way to the disk.
+pub struct FinalSync {
+    path: std::path::PathBuf,
+    sync: std::io::Result<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl FinalSync {
+    /// Wait until the final `session.json` is on the disk.
+    pub fn wait(self) -> Result<(), SessionError> {
+        let io = |source| SessionError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        // Without a thread (none could be started), sync here.
+        let synced = match self.sync {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the sync thread panicked"))),
+            Err(_) => std::fs::File::open(&self.path).and_then(|f| f.sync_data()),
+        };
+        synced.map_err(io)
     }
 }
