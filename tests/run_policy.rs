@@ -396,6 +396,96 @@ fn policy_show_applies_the_token() {
 }
 
 #[test]
+fn token_run_limits_deny_domains_and_level_only_narrow() {
+    let h = Home::new();
+    let token = token_for_policy(
+        &h,
+        &[
+            "--allowed-domains",
+            "api.example.com",
+            "--pids-max",
+            "5",
+            "--memory-max",
+            "64M",
+            "--cpu-max",
+            "0.25",
+            "--deny-domains",
+            "evil.example.com",
+            "--isolation",
+            "strict",
+        ],
+    );
+    // `policy show` resolves the flags as `run` does.
+    let show = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["policy", "show", "--json", "--token", &token];
+        all.extend_from_slice(args);
+        let o = h.run(&all);
+        assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    // Looser flags: the token's values win, its deny list is added, and
+    // the level is raised to its minimum.
+    let v = show(&[
+        "--pids-max",
+        "100",
+        "--memory-max",
+        "1G",
+        "--cpu-max",
+        "2",
+        "--isolation",
+        "standard",
+        "--deny-domain",
+        "other.example.org",
+    ]);
+    let c = &v["constraints"];
+    assert_eq!(c["pids"], 5, "{v}");
+    assert_eq!(c["memory"], 64u64 << 20, "{v}");
+    assert_eq!(c["cpu"], 0.25, "{v}");
+    let deny = c["network"]["deny_domains"].as_array().unwrap();
+    for d in ["evil.example.com", "other.example.org"] {
+        assert!(deny.iter().any(|x| x == d), "{d}: {v}");
+    }
+    assert_eq!(v["security_context"]["level"], "strict", "{v}");
+    // Tighter flags stay tighter.
+    let v = show(&["--pids-max", "3", "--memory-max", "32M", "--cpu-max", "0.1"]);
+    let c = &v["constraints"];
+    assert_eq!(c["pids"], 3, "{v}");
+    assert_eq!(c["memory"], 32u64 << 20, "{v}");
+    assert_eq!(c["cpu"], 0.1, "{v}");
+    // No flags: the token's.
+    let v = show(&[]);
+    assert_eq!(v["constraints"]["pids"], 5, "{v}");
+    assert_eq!(v["security_context"]["level"], "strict", "{v}");
+
+    // A run records the narrowed limit (the pids controller may be
+    // missing here: then it is recorded as not enforced).
+    if !cgroups_available("token_run_limits_deny_domains_and_level_only_narrow") {
+        return;
+    }
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--best-effort",
+        "--token",
+        &token,
+        "--pids-max",
+        "100",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let e = &h.session_json()["enforcement"]["pids.max"];
+    if e["enforced"] == true {
+        assert_eq!(e["detail"], "5", "{e}");
+    } else {
+        assert!(
+            e["detail"].as_str().unwrap().contains("not enforced"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn policy_file_environment_policy() {
     if !cgroups_available("policy_file_environment_policy") {
         return;
