@@ -608,6 +608,36 @@ fn tampered_policy_file_is_rejected() {
 }
 
 #[test]
+fn list_policies_checks_every_version() {
+    let h = setup();
+    auth(
+        &h,
+        &["update-policy", "--policy-id", "pol", "--max-requests", "5"],
+        0,
+    );
+    let o = auth(&h, &["list-policies"], 0);
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+    // v1 (not the latest) widened by hand: its tokens would fail.
+    let path = h.path().join("auth/policies/pol/v0001.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("\"max_requests\": 100", "\"max_requests\": 100000"),
+    )
+    .unwrap();
+    let o = auth(&h, &["list-policies"], 0);
+    assert_eq!(
+        stderr(&o).trim(),
+        "vallignus: warning: policy pol version 1 was edited after it was written (its tokens will fail verification)"
+    );
+    let o = auth(&h, &["list-policies", "--json"], 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v[0]["latest"]["version"], 2);
+    assert_eq!(v[0]["intact"], false);
+    assert_eq!(v[0]["altered"][0]["version"], 1);
+}
+
+#[test]
 fn rotate_key_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key() {
     let h = setup();
     let old = issue(&h);

@@ -426,10 +426,10 @@ fn list_policies(store: &AuthStore, json: bool) -> Result<(), CliError> {
             p.latest.limits_summary(),
             domains
         ));
-        if !p.intact {
+        for a in &p.altered {
             eprintln!(
-                "vallignus: warning: policy {} version {} was edited after it was written (its tokens will fail verification)",
-                p.latest.policy_id, p.latest.version
+                "vallignus: warning: policy {} version {} {}",
+                p.latest.policy_id, a.version, a.reason
             );
         }
     }
