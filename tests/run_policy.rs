@@ -293,12 +293,47 @@ fn violation_alert_is_posted_by_the_supervisor() {
     assert_eq!(body["reason"], "max_output_lines");
     assert_eq!(body["limit_value"], 1);
     assert_eq!(body["observed_value"], 2);
-    let sent = h
-        .events()
-        .into_iter()
-        .find(|e| e["type"] == "alert_sent")
-        .unwrap();
-    assert_eq!(sent["status"], 200);
+    // The attempt is an event of its own, after the violation and before
+    // its outcome; both name the URL.
+    let events = h.events();
+    let at = |t: &str| events.iter().position(|e| e["type"] == t).unwrap();
+    let (terminated, attempt, sent) = (at("run_terminated"), at("alert_attempt"), at("alert_sent"));
+    assert!(terminated < attempt && attempt < sent, "{events:?}");
+    let url = format!("http://127.0.0.1:{port}/hook");
+    assert_eq!(events[attempt]["url"], url.as_str());
+    assert_eq!(events[sent]["url"], url.as_str());
+    assert_eq!(events[sent]["status"], 200);
+}
+
+/// A run whose alert to `url` cannot be delivered: it ends in time, and
+/// the attempt and its failure are events naming the URL. Returns the error.
+fn undeliverable_alert(h: &Home, url: &str) -> String {
+    let t = std::time::Instant::now();
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--alert-webhook",
+        url,
+        "--max-runtime",
+        "0.3",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(code(&o), 124, "{}", stderr(&o));
+    // The run's 0.3 s, the alert's 2 s at most, and slack for a busy host.
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(6),
+        "{:?}",
+        t.elapsed()
+    );
+    let events = h.events();
+    let at = |t: &str| events.iter().position(|e| e["type"] == t).unwrap();
+    let (attempt, failed) = (at("alert_attempt"), at("alert_failed"));
+    assert!(attempt < failed, "{events:?}");
+    assert_eq!(events[attempt]["url"], url);
+    assert_eq!(events[failed]["url"], url);
+    events[failed]["error"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -309,28 +344,18 @@ fn an_unreachable_webhook_does_not_hold_up_teardown() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
+    let error = undeliverable_alert(&Home::new(), &format!("http://127.0.0.1:{port}/hook"));
+    assert!(error.contains("connect"), "{error}");
+
+    // A server that takes the connection and never answers: the alert
+    // gives up at its deadline.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let error = undeliverable_alert(&Home::new(), &format!("http://127.0.0.1:{port}/hook"));
+    assert!(error.contains("within 2 s"), "{error}");
+    drop(silent);
+
     let h = Home::new();
-    let url = format!("http://127.0.0.1:{port}/hook");
-    let t = std::time::Instant::now();
-    let o = h.run(&[
-        "run",
-        "-q",
-        "--alert-webhook",
-        &url,
-        "--max-runtime",
-        "0.3",
-        "--",
-        "sleep",
-        "30",
-    ]);
-    assert_eq!(code(&o), 124);
-    assert!(t.elapsed() < std::time::Duration::from_secs(5));
-    let failed = h
-        .events()
-        .into_iter()
-        .find(|e| e["type"] == "alert_failed")
-        .unwrap();
-    assert_eq!(failed["url"], url.as_str());
     let o = h.run(&[
         "run",
         "--alert-webhook",
