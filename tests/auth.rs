@@ -307,6 +307,137 @@ fn update_policy_makes_a_new_version_and_old_tokens_keep_theirs() {
 }
 
 #[test]
+fn policies_carry_run_limits_deny_domains_and_a_minimum_level() {
+    let h = setup();
+    let before = issue(&h);
+    let hash_v1 = verify(&h, &before).1["token"]["policy_hash"].clone();
+    auth(
+        &h,
+        &[
+            "create-policy",
+            "--policy-id",
+            "tight",
+            "--allowed-domains",
+            "api.example.com",
+            "--memory-max",
+            "64M",
+            "--pids-max",
+            "5",
+            "--cpu-max",
+            "0.25",
+            "--deny-domains",
+            "Evil.Example.com.,*.bad.example",
+            "--isolation",
+            "strict",
+        ],
+        0,
+    );
+    let o = auth(
+        &h,
+        &["issue-token", "--agent-id", "bot", "--policy-id", "tight"],
+        0,
+    );
+    let t = stdout(&o).trim().to_string();
+    let expect = |p: &serde_json::Value| {
+        assert_eq!(p["memory_max"], 64u64 << 20, "{p}");
+        assert_eq!(p["pids_max"], 5, "{p}");
+        assert_eq!(p["cpu_max"], 0.25, "{p}");
+        assert_eq!(
+            p["deny_domains"],
+            serde_json::json!(["evil.example.com", "*.bad.example"]),
+            "{p}"
+        );
+        assert_eq!(p["isolation"], "strict", "{p}");
+    };
+    let (rc, v) = verify(&h, &t);
+    assert_eq!(rc, 0, "{v}");
+    expect(&v["token"]["policy"]);
+    // The latest version of `tight`, as list-policies --json shows it.
+    let listed = || {
+        let o = auth(&h, &["list-policies", "--json"], 0);
+        let list: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["latest"]["policy_id"] == "tight")
+            .unwrap()["latest"]
+            .clone()
+    };
+    expect(&listed());
+    let o = auth(&h, &["inspect-token", "--json", &t], 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    expect(&v["policy"]);
+    let o = auth(&h, &["list-policies"], 0);
+    assert!(
+        stdout(&o).contains("pids<=5") && stdout(&o).contains("isolation>=strict"),
+        "{}",
+        stdout(&o)
+    );
+    let o = auth(&h, &["verify-token", &t], 0);
+    assert!(
+        stdout(&o).contains("denied:   evil.example.com,*.bad.example"),
+        "{}",
+        stdout(&o)
+    );
+
+    // update-policy: 0 / none / "" take a limit away; the rest is kept.
+    auth(
+        &h,
+        &[
+            "update-policy",
+            "--policy-id",
+            "tight",
+            "--pids-max",
+            "0",
+            "--isolation",
+            "none",
+            "--deny-domains",
+            "",
+        ],
+        0,
+    );
+    let latest = listed();
+    assert_eq!(latest["version"], 2);
+    for gone in ["pids_max", "isolation", "deny_domains"] {
+        assert!(latest.get(gone).is_none(), "{gone}: {latest}");
+    }
+    assert_eq!(latest["memory_max"], 64u64 << 20);
+    // The old token keeps its version's limits.
+    expect(&verify(&h, &t).1["token"]["policy"]);
+    // A policy without the new fields kept its hash and its token.
+    assert_eq!(verify(&h, &before).1["token"]["policy_hash"], hash_v1);
+
+    for (flag, value) in [
+        ("--memory-max", "512"),
+        ("--memory-max", "lots"),
+        ("--pids-max", "-1"),
+        ("--cpu-max", "0.001"),
+        ("--cpu-max", "fast"),
+        ("--deny-domains", "a..b"),
+        ("--isolation", "paranoid"),
+    ] {
+        let o = auth(
+            &h,
+            &[
+                "create-policy",
+                "--policy-id",
+                "bad",
+                "--allowed-domains",
+                "a.com",
+                flag,
+                value,
+            ],
+            2,
+        );
+        assert!(
+            stderr(&o).contains(flag) || stderr(&o).contains(value),
+            "{flag} {value}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
 fn forged_payload_is_rejected() {
     let h = setup();
     let t = issue(&h);
@@ -474,6 +605,36 @@ fn tampered_policy_file_is_rejected() {
     assert_rejected(&h, &t, "policy_hash_mismatch");
     let o = auth(&h, &["list-policies"], 0);
     assert!(stderr(&o).contains("edited"), "{}", stderr(&o));
+}
+
+#[test]
+fn list_policies_checks_every_version() {
+    let h = setup();
+    auth(
+        &h,
+        &["update-policy", "--policy-id", "pol", "--max-requests", "5"],
+        0,
+    );
+    let o = auth(&h, &["list-policies"], 0);
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+    // v1 (not the latest) widened by hand: its tokens would fail.
+    let path = h.path().join("auth/policies/pol/v0001.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("\"max_requests\": 100", "\"max_requests\": 100000"),
+    )
+    .unwrap();
+    let o = auth(&h, &["list-policies"], 0);
+    assert_eq!(
+        stderr(&o).trim(),
+        "vallignus: warning: policy pol version 1 was edited after it was written (its tokens will fail verification)"
+    );
+    let o = auth(&h, &["list-policies", "--json"], 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v[0]["latest"]["version"], 2);
+    assert_eq!(v[0]["intact"], false);
+    assert_eq!(v[0]["altered"][0]["version"], 1);
 }
 
 #[test]

@@ -178,6 +178,30 @@ fn check_invalid_files_exit_1_naming_file_line_and_key() {
             2,
             "violation_protocol.alert_webhook",
         ),
+        (
+            "duplicate.yaml",
+            "constraints:\n  pids: 5\n  cpu: 1\n  pids: 6\n",
+            4,
+            "constraints.pids: duplicate key `pids` (first at line 2)",
+        ),
+        (
+            "shape.yaml",
+            "constraints:\n  network:\n    allow_domains: api.openai.com\n",
+            3,
+            "constraints.network.allow_domains: expected a list",
+        ),
+        (
+            "credential.yaml",
+            "credentials:\n  - name: K\n    env: REAL_K\n    hosts:\n      - api.openai.com\n      - \"a b\"\n",
+            6,
+            "credentials[0].hosts[1]",
+        ),
+        (
+            "credential-name.yaml",
+            "credentials:\n  - {name: \"K-1\", env: REAL_K, hosts: [api.openai.com]}\n",
+            2,
+            "credentials[0].name",
+        ),
     ] {
         let f = env.write(name, text);
         let out = env.run(&["policy", "check", p(&f)]);
@@ -191,6 +215,9 @@ fn check_invalid_files_exit_1_naming_file_line_and_key() {
             "{name}: names the line: {err}"
         );
         assert!(err.contains(key), "{name}: names the key: {err}");
+        for jargon in ["DuplicateKeyPolicy", "sequence start", "mapping start"] {
+            assert!(!err.contains(jargon), "{name}: the parser's words: {err}");
+        }
     }
 }
 

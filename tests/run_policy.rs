@@ -293,12 +293,47 @@ fn violation_alert_is_posted_by_the_supervisor() {
     assert_eq!(body["reason"], "max_output_lines");
     assert_eq!(body["limit_value"], 1);
     assert_eq!(body["observed_value"], 2);
-    let sent = h
-        .events()
-        .into_iter()
-        .find(|e| e["type"] == "alert_sent")
-        .unwrap();
-    assert_eq!(sent["status"], 200);
+    // The attempt is an event of its own, after the violation and before
+    // its outcome; both name the URL.
+    let events = h.events();
+    let at = |t: &str| events.iter().position(|e| e["type"] == t).unwrap();
+    let (terminated, attempt, sent) = (at("run_terminated"), at("alert_attempt"), at("alert_sent"));
+    assert!(terminated < attempt && attempt < sent, "{events:?}");
+    let url = format!("http://127.0.0.1:{port}/hook");
+    assert_eq!(events[attempt]["url"], url.as_str());
+    assert_eq!(events[sent]["url"], url.as_str());
+    assert_eq!(events[sent]["status"], 200);
+}
+
+/// A run whose alert to `url` cannot be delivered: it ends in time, and
+/// the attempt and its failure are events naming the URL. Returns the error.
+fn undeliverable_alert(h: &Home, url: &str) -> String {
+    let t = std::time::Instant::now();
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--alert-webhook",
+        url,
+        "--max-runtime",
+        "0.3",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(code(&o), 124, "{}", stderr(&o));
+    // The run's 0.3 s, the alert's 2 s at most, and slack for a busy host.
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(6),
+        "{:?}",
+        t.elapsed()
+    );
+    let events = h.events();
+    let at = |t: &str| events.iter().position(|e| e["type"] == t).unwrap();
+    let (attempt, failed) = (at("alert_attempt"), at("alert_failed"));
+    assert!(attempt < failed, "{events:?}");
+    assert_eq!(events[attempt]["url"], url);
+    assert_eq!(events[failed]["url"], url);
+    events[failed]["error"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -309,28 +344,18 @@ fn an_unreachable_webhook_does_not_hold_up_teardown() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
+    let error = undeliverable_alert(&Home::new(), &format!("http://127.0.0.1:{port}/hook"));
+    assert!(error.contains("connect"), "{error}");
+
+    // A server that takes the connection and never answers: the alert
+    // gives up at its deadline.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let error = undeliverable_alert(&Home::new(), &format!("http://127.0.0.1:{port}/hook"));
+    assert!(error.contains("within 2 s"), "{error}");
+    drop(silent);
+
     let h = Home::new();
-    let url = format!("http://127.0.0.1:{port}/hook");
-    let t = std::time::Instant::now();
-    let o = h.run(&[
-        "run",
-        "-q",
-        "--alert-webhook",
-        &url,
-        "--max-runtime",
-        "0.3",
-        "--",
-        "sleep",
-        "30",
-    ]);
-    assert_eq!(code(&o), 124);
-    assert!(t.elapsed() < std::time::Duration::from_secs(5));
-    let failed = h
-        .events()
-        .into_iter()
-        .find(|e| e["type"] == "alert_failed")
-        .unwrap();
-    assert_eq!(failed["url"], url.as_str());
     let o = h.run(&[
         "run",
         "--alert-webhook",
@@ -393,6 +418,96 @@ fn policy_show_applies_the_token() {
     let o = h.run(&["policy", "show", "--token", "vl1.bad"]);
     assert_ne!(code(&o), 0);
     assert!(stderr(&o).contains("--token"), "{}", stderr(&o));
+}
+
+#[test]
+fn token_run_limits_deny_domains_and_level_only_narrow() {
+    let h = Home::new();
+    let token = token_for_policy(
+        &h,
+        &[
+            "--allowed-domains",
+            "api.example.com",
+            "--pids-max",
+            "5",
+            "--memory-max",
+            "64M",
+            "--cpu-max",
+            "0.25",
+            "--deny-domains",
+            "evil.example.com",
+            "--isolation",
+            "strict",
+        ],
+    );
+    // `policy show` resolves the flags as `run` does.
+    let show = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["policy", "show", "--json", "--token", &token];
+        all.extend_from_slice(args);
+        let o = h.run(&all);
+        assert_eq!(code(&o), 0, "{args:?}: {}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    // Looser flags: the token's values win, its deny list is added, and
+    // the level is raised to its minimum.
+    let v = show(&[
+        "--pids-max",
+        "100",
+        "--memory-max",
+        "1G",
+        "--cpu-max",
+        "2",
+        "--isolation",
+        "standard",
+        "--deny-domain",
+        "other.example.org",
+    ]);
+    let c = &v["constraints"];
+    assert_eq!(c["pids"], 5, "{v}");
+    assert_eq!(c["memory"], 64u64 << 20, "{v}");
+    assert_eq!(c["cpu"], 0.25, "{v}");
+    let deny = c["network"]["deny_domains"].as_array().unwrap();
+    for d in ["evil.example.com", "other.example.org"] {
+        assert!(deny.iter().any(|x| x == d), "{d}: {v}");
+    }
+    assert_eq!(v["security_context"]["level"], "strict", "{v}");
+    // Tighter flags stay tighter.
+    let v = show(&["--pids-max", "3", "--memory-max", "32M", "--cpu-max", "0.1"]);
+    let c = &v["constraints"];
+    assert_eq!(c["pids"], 3, "{v}");
+    assert_eq!(c["memory"], 32u64 << 20, "{v}");
+    assert_eq!(c["cpu"], 0.1, "{v}");
+    // No flags: the token's.
+    let v = show(&[]);
+    assert_eq!(v["constraints"]["pids"], 5, "{v}");
+    assert_eq!(v["security_context"]["level"], "strict", "{v}");
+
+    // A run records the narrowed limit (the pids controller may be
+    // missing here: then it is recorded as not enforced).
+    if !cgroups_available("token_run_limits_deny_domains_and_level_only_narrow") {
+        return;
+    }
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--best-effort",
+        "--token",
+        &token,
+        "--pids-max",
+        "100",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let e = &h.session_json()["enforcement"]["pids.max"];
+    if e["enforced"] == true {
+        assert_eq!(e["detail"], "5", "{e}");
+    } else {
+        assert!(
+            e["detail"].as_str().unwrap().contains("not enforced"),
+            "{e}"
+        );
+    }
 }
 
 #[test]

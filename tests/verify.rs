@@ -226,15 +226,40 @@ fn a_sealed_run_verifies_and_every_alteration_is_named() {
     );
     p.restore();
 
-    // The seal itself edited (its count raised to hide the removal above).
-    let mut seal = seal.clone();
-    seal["event_count"] = (n as u64 - 1).into();
-    std::fs::write(&seal_path, seal.to_string()).unwrap();
-    let (c, messages) = h.verify_messages(&id);
+    // The seal itself edited: its count lowered to hide the removal
+    // above, or raised. Either way the seal no longer verifies, and nothing
+    // it says is held against the (intact) events: no "event(s) removed".
+    for count in [n as u64 - 1, n as u64 + 1] {
+        let mut seal = seal.clone();
+        seal["event_count"] = count.into();
+        std::fs::write(&seal_path, seal.to_string()).unwrap();
+        let (c, v) = h.verify_json(&id);
+        assert_eq!(c, 1);
+        let findings = v["findings"].as_array().unwrap();
+        assert_eq!(findings.len(), 1, "count {count}: {findings:?}");
+        assert_eq!(findings[0]["kind"], "bad_signature");
+        let msg = findings[0]["message"].as_str().unwrap();
+        assert!(msg.starts_with("seal.json: bad signature"), "{msg}");
+        assert!(msg.contains("forged or altered"), "{msg}");
+        assert_eq!(v["intact"], false);
+        assert!(v.get("sealed_at").is_none(), "{v}");
+    }
+    // Forged seal plus a removed event: the chain still shows the removal.
+    let mut lines = p.lines();
+    lines.pop();
+    p.write_events(&lines);
+    let (c, v) = h.verify_json(&id);
     assert_eq!(c, 1);
-    assert!(
-        messages[0].starts_with("seal.json: bad signature"),
-        "{messages:?}"
+    let kinds: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["bad_signature"],
+        "a cut at the end leaves the chain whole: {v}"
     );
     p.restore();
 

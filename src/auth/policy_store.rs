@@ -30,9 +30,21 @@ pub struct PolicySummary {
     pub latest: PolicyVersion,
     /// Hash of the latest version's content as it is now.
     pub policy_hash: String,
-    /// False when the file's content no longer matches the hash written with it.
+    /// False when any version's file no longer matches the hash written
+    /// with it, or cannot be read (see `altered`).
     pub intact: bool,
     pub versions: Vec<u32>,
+    /// Every version that was edited or broken after it was written (tokens
+    /// issued for an old version still use it, so all are checked).
+    pub altered: Vec<AlteredVersion>,
+}
+
+/// A policy version whose file is not as it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlteredVersion {
+    pub version: u32,
+    /// What is wrong, as a phrase: "was edited after it was written ...".
+    pub reason: String,
 }
 
 fn version_name(version: u32) -> String {
@@ -212,15 +224,38 @@ impl AuthStore {
             let Some(stored) = self.load_stored(&name, version)? else {
                 continue;
             };
-            let policy_hash = stored.policy.hash();
+            let versions = self.policy_versions(&name)?;
+            let altered = self.altered_versions(&name, &versions);
             out.push(PolicySummary {
-                intact: policy_hash == stored.policy_hash,
-                policy_hash,
+                intact: altered.is_empty(),
+                policy_hash: stored.policy.hash(),
                 latest: stored.policy,
-                versions: self.policy_versions(&name)?,
+                versions,
+                altered,
             });
         }
         Ok(out)
+    }
+
+    /// The versions of a policy whose content no longer matches the hash
+    /// written with them, or that cannot be read.
+    fn altered_versions(&self, policy_id: &str, versions: &[u32]) -> Vec<AlteredVersion> {
+        versions
+            .iter()
+            .filter_map(|&version| {
+                let reason = match self.load_stored(policy_id, version) {
+                    Ok(Some(s)) if s.policy.hash() == s.policy_hash => return None,
+                    Ok(Some(_)) => {
+                        "was edited after it was written (its tokens will fail verification)"
+                            .to_string()
+                    }
+                    // Listed a moment ago: removed since.
+                    Ok(None) => return None,
+                    Err(e) => format!("cannot be read (its tokens will fail verification): {e}"),
+                };
+                Some(AlteredVersion { version, reason })
+            })
+            .collect()
     }
 }
 
@@ -312,6 +347,36 @@ mod tests {
         let list = store.list_policies().unwrap();
         assert!(!list[0].intact);
         assert_eq!(list[0].latest.max_requests, Some(99));
+        assert_eq!(list[0].altered.len(), 1);
+        assert_eq!(list[0].altered[0].version, 1);
+    }
+
+    #[test]
+    fn every_version_is_checked_not_only_the_latest() {
+        let home = tempfile::tempdir().unwrap();
+        let store = AuthStore::new(home.path());
+        let now = SystemTime::now();
+        store.create_policy("p", &edit("a.com"), now).unwrap();
+        store.update_policy("p", &edit("b.com"), now).unwrap();
+        store.update_policy("p", &edit("c.com"), now).unwrap();
+        assert!(store.list_policies().unwrap()[0].intact);
+        let dir = store.policies_dir().join("p");
+        let v1 = dir.join("v0001.json");
+        let text = std::fs::read_to_string(&v1).unwrap();
+        std::fs::write(&v1, text.replace("a.com", "evil.com")).unwrap();
+        std::fs::write(dir.join("v0002.json"), b"{").unwrap();
+        let list = store.list_policies().unwrap();
+        let p = &list[0];
+        assert_eq!(p.latest.version, 3);
+        assert!(!p.intact);
+        let versions: Vec<u32> = p.altered.iter().map(|a| a.version).collect();
+        assert_eq!(versions, [1, 2]);
+        assert!(p.altered[0].reason.contains("edited"), "{:?}", p.altered);
+        assert!(
+            p.altered[1].reason.contains("cannot be read"),
+            "{:?}",
+            p.altered
+        );
     }
 
     #[test]

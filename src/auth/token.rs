@@ -371,14 +371,19 @@ mod tests {
     fn policy() -> PolicyVersion {
         PolicyVersion {
             allowed_domains: vec!["api.example.com".into()],
+            cpu_max: None,
             created_at: "2026-01-01T00:00:00Z".into(),
             credentials: Vec::new(),
+            deny_domains: Vec::new(),
             description: String::new(),
+            isolation: None,
             max_output_bytes: None,
             max_output_lines: None,
             max_requests: Some(10),
             max_runtime_secs: Some(60),
             max_spend_usd: Some(1.0),
+            memory_max: None,
+            pids_max: None,
             policy_id: "pol".into(),
             version: 1,
         }

@@ -26,9 +26,9 @@ pub enum AuthCommand {
     /// Revoke an agent: its tokens stop verifying and no new ones are issued.
     RevokeAgent(AgentIdArgs),
     /// Create a policy (version 1).
-    CreatePolicy(PolicyArgs),
+    CreatePolicy(Box<PolicyArgs>),
     /// Create a new version of a policy; old versions (and their tokens) stay valid.
-    UpdatePolicy(PolicyArgs),
+    UpdatePolicy(Box<PolicyArgs>),
     /// List the policies with their latest version.
     ListPolicies(JsonArgs),
     /// Issue a signed token for an agent under a policy's latest version; prints only the token.
@@ -100,6 +100,22 @@ pub struct PolicyArgs {
     /// Cap on stdout+stderr bytes: `1048576`, `512K`, `50MB`.
     #[arg(long, value_name = "SIZE")]
     max_output_bytes: Option<String>,
+    /// Memory cap of each run (cgroup memory.max): `512M`, `2G` (at least 1M).
+    #[arg(long, value_name = "SIZE")]
+    memory_max: Option<String>,
+    /// Cap on each run's processes and threads (cgroup pids.max).
+    #[arg(long, value_name = "N")]
+    pids_max: Option<String>,
+    /// CPU cap of each run in CPUs, e.g. `0.5` or `2` (cgroup cpu.max).
+    #[arg(long, value_name = "CPUS")]
+    cpu_max: Option<String>,
+    /// Comma-separated domains every run denies, on top of its own deny list ("" = none).
+    #[arg(long, value_name = "CSV")]
+    deny_domains: Option<String>,
+    /// The lowest isolation level of a run: standard or strict (none = no minimum; a token
+    /// run is at least standard anyway).
+    #[arg(long, value_name = "LEVEL")]
+    isolation: Option<String>,
     #[arg(long)]
     description: Option<String>,
 }
@@ -247,7 +263,7 @@ fn dispatch(store: &AuthStore, cmd: AuthCommand, now: SystemTime) -> Result<(), 
             Ok(())
         }
         AuthCommand::VerifyToken(a) => verify(store, &a, now),
-        AuthCommand::InspectToken(a) => inspect(&a, now),
+        AuthCommand::InspectToken(a) => inspect(store, &a, now),
         AuthCommand::RevokeToken(a) => {
             let known = store.issued_tokens(now)?.iter().any(|t| t.jti == a.jti);
             if store.revoke_token(&a.jti, now)? {
@@ -296,14 +312,24 @@ fn init(store: &AuthStore, now: SystemTime) -> Result<(), CliError> {
 }
 
 fn policy_edit(a: &PolicyArgs) -> Result<PolicyEdit, CliError> {
+    use policy::PolicyError;
+    /// Parse `raw` if given; a unit error names `flag`.
     fn opt<T>(
+        flag: &'static str,
         raw: &Option<String>,
-        parse: impl Fn(&str) -> Result<T, policy::PolicyError>,
-    ) -> Result<Option<T>, policy::PolicyError> {
-        raw.as_deref().map(parse).transpose()
+        parse: impl Fn(&str) -> Result<T, PolicyError>,
+    ) -> Result<Option<T>, PolicyError> {
+        raw.as_deref().map(parse).transpose().map_err(|e| match e {
+            PolicyError::Unit(source) => PolicyError::FlagUnit { flag, source },
+            other => other,
+        })
     }
     Ok(PolicyEdit {
-        allowed_domains: opt(&a.allowed_domains, policy::parse_domains_csv)?,
+        allowed_domains: opt(
+            "--allowed-domains",
+            &a.allowed_domains,
+            policy::parse_domains_csv,
+        )?,
         credentials: if a.no_credentials {
             Some(Vec::new())
         } else if a.credential.is_empty() {
@@ -311,12 +337,29 @@ fn policy_edit(a: &PolicyArgs) -> Result<PolicyEdit, CliError> {
         } else {
             Some(a.credential.iter().map(ToString::to_string).collect())
         },
-        max_spend_usd: opt(&a.max_spend_usd, policy::parse_spend)?,
-        max_requests: opt(&a.max_requests, policy::parse_count)?,
-        max_runtime_secs: opt(&a.max_runtime, policy::parse_runtime)?,
-        max_output_lines: opt(&a.max_output_lines, policy::parse_count)?,
-        max_output_bytes: opt(&a.max_output_bytes, policy::parse_size)?,
-        description: opt(&a.description, policy::parse_description)?,
+        max_spend_usd: opt("--max-spend-usd", &a.max_spend_usd, policy::parse_spend)?,
+        max_requests: opt("--max-requests", &a.max_requests, policy::parse_count)?,
+        max_runtime_secs: opt("--max-runtime", &a.max_runtime, policy::parse_runtime)?,
+        max_output_lines: opt(
+            "--max-output-lines",
+            &a.max_output_lines,
+            policy::parse_count,
+        )?,
+        max_output_bytes: opt(
+            "--max-output-bytes",
+            &a.max_output_bytes,
+            policy::parse_size,
+        )?,
+        memory_max: opt("--memory-max", &a.memory_max, policy::parse_memory)?,
+        pids_max: opt("--pids-max", &a.pids_max, policy::parse_count)?,
+        cpu_max: opt("--cpu-max", &a.cpu_max, policy::parse_cpu)?,
+        deny_domains: opt(
+            "--deny-domains",
+            &a.deny_domains,
+            policy::parse_deny_domains_csv,
+        )?,
+        isolation: opt("--isolation", &a.isolation, policy::parse_isolation)?,
+        description: opt("--description", &a.description, policy::parse_description)?,
     })
 }
 
@@ -383,10 +426,10 @@ fn list_policies(store: &AuthStore, json: bool) -> Result<(), CliError> {
             p.latest.limits_summary(),
             domains
         ));
-        if !p.intact {
+        for a in &p.altered {
             eprintln!(
-                "vallignus: warning: policy {} version {} was edited after it was written (its tokens will fail verification)",
-                p.latest.policy_id, p.latest.version
+                "vallignus: warning: policy {} version {} {}",
+                p.latest.policy_id, a.version, a.reason
             );
         }
     }
@@ -460,6 +503,9 @@ fn verify(store: &AuthStore, a: &TokenArgs, now: SystemTime) -> Result<(), CliEr
                     v.policy.policy_id, v.policy.version, v.policy_hash
                 ));
                 out(&format!("domains:  {}", v.policy.allowed_domains.join(",")));
+                if !v.policy.deny_domains.is_empty() {
+                    out(&format!("denied:   {}", v.policy.deny_domains.join(",")));
+                }
                 if !v.policy.credentials.is_empty() {
                     out(&format!("credentials: {}", v.policy.credentials.join("; ")));
                 }
@@ -500,7 +546,15 @@ fn error_chain(e: &TokenError) -> String {
     msg
 }
 
-fn inspect(a: &TokenArgs, now: SystemTime) -> Result<(), CliError> {
+/// The policy version a token's payload names, as this store holds it
+/// (`None` if the payload names none that the store has).
+fn named_policy(store: &AuthStore, payload: &serde_json::Value) -> Option<policy::PolicyVersion> {
+    let id = payload.get("policy_id")?.as_str()?;
+    let version = u32::try_from(payload.get("policy_version")?.as_u64()?).ok()?;
+    store.load_policy_version(id, version).ok().flatten()
+}
+
+fn inspect(store: &AuthStore, a: &TokenArgs, now: SystemTime) -> Result<(), CliError> {
     const WARNING: &str = "NOT VERIFIED: decoded without checking the signature, expiry or revocation; anyone can write these fields (use `vallignus auth verify-token`)";
     let text = token_text(&a.token)?;
     let (header, payload) = match token::decode_unverified_json(&text) {
@@ -511,11 +565,15 @@ fn inspect(a: &TokenArgs, now: SystemTime) -> Result<(), CliError> {
         }
     };
     eprintln!("vallignus: {WARNING}");
+    // What the run would get if the token verified: the named policy
+    // version's limits, from this store.
+    let named = named_policy(store, &payload);
     if a.json {
         out_json(&serde_json::json!({
             "verified": false,
             "header": header,
             "payload": payload,
+            "policy": named,
         }));
         return Ok(());
     }
@@ -528,6 +586,20 @@ fn inspect(a: &TokenArgs, now: SystemTime) -> Result<(), CliError> {
         "payload: {}",
         serde_json::to_string_pretty(&payload).unwrap_or_default()
     ));
+    match &named {
+        Some(p) => out(&format!(
+            "policy:  {} v{} in this store: domains {}; limits {}",
+            p.policy_id,
+            p.version,
+            if p.allowed_domains.is_empty() {
+                "(none)".to_string()
+            } else {
+                p.allowed_domains.join(",")
+            },
+            p.limits_summary()
+        )),
+        None => out("policy:  not in this store"),
+    }
     let stamp = |key: &str| payload.get(key).and_then(serde_json::Value::as_u64);
     if let Some(iat) = stamp("iat") {
         out(&format!("issued:  {}", iso_utc(iat)));

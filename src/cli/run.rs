@@ -482,15 +482,21 @@ pub fn resolve(args: &RunFlags) -> Result<RunPolicy, String> {
         let v = crate::auth::verify_for_run(&home, token, std::time::SystemTime::now())
             .map_err(|e| format!("--token: {e}"))?;
         let tp = &v.policy;
-        let caps = crate::policy::TokenCaps::of(tp);
+        let caps = crate::policy::TokenCaps::of(tp)
+            .map_err(|e| format!("--token: policy {} v{}: {e}", tp.policy_id, tp.version))?;
         p.max_runtime = narrow(p.max_runtime, caps.max_runtime);
         p.max_output_lines = narrow(p.max_output_lines, caps.max_output_lines);
         p.max_output_bytes = narrow(p.max_output_bytes, caps.max_output_bytes);
         p.max_requests = narrow(p.max_requests, caps.max_requests);
+        p.cgroup.memory_max = narrow(p.cgroup.memory_max, caps.memory_max);
+        p.cgroup.pids_max = narrow(p.cgroup.pids_max, caps.pids_max);
+        p.cgroup.cpu_max = crate::policy::narrow_cpu(p.cgroup.cpu_max, caps.cpu_max);
         let rules = p.network.get_or_insert_with(Default::default);
         // A ceiling, not more allow entries: flags and the policy file can
         // narrow what the token allows, never add to it.
         rules.token_domains = Some(tp.allowed_domains.clone());
+        // Deny wins over allow: the token's deny list only takes away.
+        rules.deny_domains.extend(tp.deny_domains.iter().cloned());
         rules.max_spend_usd = narrow(rules.max_spend_usd, caps.max_spend_usd);
         // The token's credentials: bound to the agent, not replaceable by
         // a flag or the policy file (see the flag merge below).
@@ -508,10 +514,9 @@ pub fn resolve(args: &RunFlags) -> Result<RunPolicy, String> {
         ));
         // An agent that could read the store's signing key could mint its
         // own token and re-seal sessions: a token run is at least at the
-        // standard level, whose landlock rules hide the vallignus home.
-        if p.isolation.level == Level::None {
-            p.isolation.level = Level::Standard;
-        }
+        // standard level, whose landlock rules hide the vallignus home (or
+        // at the policy's minimum, if that is higher).
+        p.isolation.level = p.isolation.level.max(caps.min_level);
         p.token_identity = Some(crate::policy::TokenIdentity {
             agent_id: v.agent_id.clone(),
             owner: v.owner.clone(),

@@ -38,7 +38,9 @@ pub struct Namespaces {
     pub uts: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Ordered from the least to the most isolated (a token raises a run's
+/// level with `max`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     #[default]
     None,

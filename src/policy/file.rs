@@ -35,8 +35,10 @@ use serde_saphyr::Spanned;
 use super::domain::DomainPattern;
 use super::units::{parse_count, parse_duration, parse_size};
 use super::RunPolicy;
-use crate::net::credentials::{CredentialEntry, CredentialSpec};
+use crate::net::credentials::{CredentialEntry, CredentialError, CredentialSpec};
 use crate::net::decide::RequestRule;
+#[cfg(test)]
+use syntax::{key_of, strip_location};
 
 /// The system-wide policy, used when it exists and no `--policy` is given.
 pub const SYSTEM_POLICY_PATH: &str = "/etc/vallignus/policy.yaml";
@@ -52,6 +54,8 @@ pub const MIN_MEMORY_BYTES: u64 = 1 << 20;
 pub const MIN_CPU: f64 = 0.01;
 /// The largest CPU count accepted (a `cpu.max` quota of at most 10^12 µs).
 pub const MAX_CPU: f64 = 1e7;
+
+mod syntax;
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -84,7 +88,8 @@ pub enum PolicyFileError {
         key: String,
         message: String,
     },
-    /// A value of the wrong type or an impossible value.
+    /// A value of the wrong type or an impossible value (`value` is empty
+    /// when the fault is a whole entry rather than one value).
     #[error("policy file {}, {}: {key}: {message}{}", path.display(), At(*line, *column), got(value, message))]
     InvalidValue {
         path: PathBuf,
@@ -92,14 +97,6 @@ pub enum PolicyFileError {
         column: u64,
         key: String,
         value: String,
-        message: String,
-    },
-    /// A `credentials` entry that cannot be used (no line: the entries are
-    /// read by serde as a whole).
-    #[error("policy file {}: {key}: {message}", path.display())]
-    Credential {
-        path: PathBuf,
-        key: String,
         message: String,
     },
 }
@@ -111,7 +108,7 @@ impl PolicyFileError {
             Self::UnknownKey { line, .. }
             | Self::Syntax { line, .. }
             | Self::InvalidValue { line, .. } => Some(*line),
-            Self::Read { .. } | Self::TooLarge { .. } | Self::Credential { .. } => None,
+            Self::Read { .. } | Self::TooLarge { .. } => None,
         }
     }
 
@@ -120,16 +117,16 @@ impl PolicyFileError {
         match self {
             Self::UnknownKey { key, .. }
             | Self::Syntax { key, .. }
-            | Self::InvalidValue { key, .. }
-            | Self::Credential { key, .. } => Some(key),
+            | Self::InvalidValue { key, .. } => Some(key),
             Self::Read { .. } | Self::TooLarge { .. } => None,
         }
     }
 }
 
-/// ` (got VALUE)`, unless the message already quotes the (string) value.
+/// ` (got VALUE)`, unless there is no value or the message already quotes
+/// the (string) value.
 fn got(value: &str, message: &str) -> String {
-    if value.starts_with('"') && message.contains(value) {
+    if value.is_empty() || (value.starts_with('"') && message.contains(value)) {
         String::new()
     } else {
         format!(" (got {value})")
@@ -336,7 +333,7 @@ impl<'de> Deserialize<'de> for Scalar {
         impl Visitor<'_> for ScalarVisitor {
             type Value = Scalar;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a single value (a number or a string), not a list or a mapping")
+                f.write_str("a single value (a number or a string)")
             }
             fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
                 Ok(Scalar::Bool(v))
@@ -381,7 +378,21 @@ struct RawFile {
     #[serde(default)]
     violation_protocol: Option<RawViolation>,
     #[serde(default)]
-    credentials: Option<Vec<CredentialEntry>>,
+    credentials: Option<Vec<Spanned<RawCredential>>>,
+}
+
+/// One `credentials` entry, checked field by field so that an error names
+/// the line and the key (`credentials[1].hosts[0]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    name: Spanned<Scalar>,
+    #[serde(default)]
+    env: Leaf,
+    #[serde(default)]
+    file: Leaf,
+    #[serde(default)]
+    hosts: Option<Spanned<Vec<Spanned<Scalar>>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -496,27 +507,23 @@ fn parse_raw(text: &str, source: &Path) -> Result<RawFile, PolicyFileError> {
         RawFile::deserialize(serde_path_to_error::Deserializer::new(de, &mut track))
     });
     result.map_err(|e| {
-        let (line, column) = e
-            .location()
-            .map_or((0, 0), |loc| (loc.line(), loc.column()));
-        let key = key_of(&track.path().to_string());
-        let message = strip_location(&e.without_snippet().to_string());
+        let d = syntax::describe(&e, text, &track.path().to_string());
         let path = source.to_path_buf();
-        if message.starts_with("unknown field") {
+        if d.unknown_key {
             PolicyFileError::UnknownKey {
                 path,
-                line,
-                column,
-                key,
-                message: message.replacen("unknown field", "unknown key", 1),
+                line: d.line,
+                column: d.column,
+                key: d.key,
+                message: d.message,
             }
         } else {
             PolicyFileError::Syntax {
                 path,
-                line,
-                column,
-                key,
-                message,
+                line: d.line,
+                column: d.column,
+                key: d.key,
+                message: d.message,
             }
         }
     })
@@ -528,28 +535,6 @@ fn is_blank(text: &str) -> bool {
         let t = l.trim();
         t.is_empty() || t.starts_with('#') || t == "---" || t == "..."
     })
-}
-
-/// `constraints.pids.value` → `constraints.pids` (the `.value` is `Spanned`'s),
-/// `constraints.?` → `constraints`, `.` → `(top level)`.
-fn key_of(path: &str) -> String {
-    let mut key = path;
-    for suffix in [".value", ".?"] {
-        key = key.strip_suffix(suffix).unwrap_or(key);
-    }
-    if key.is_empty() || key == "." {
-        "(top level)".to_string()
-    } else {
-        key.to_string()
-    }
-}
-
-/// The parser appends ` at line L, column C`; we print the position ourselves.
-fn strip_location(message: &str) -> String {
-    match message.rsplit_once(" at line ") {
-        Some((head, tail)) if tail.contains("column") => head.to_string(),
-        _ => message.to_string(),
-    }
 }
 
 struct Validator<'a> {
@@ -569,6 +554,23 @@ impl Validator<'_> {
             column: at.referenced.column(),
             key: key.to_string(),
             value: at.value.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// An error about a whole entry or list at `at` (no single value to quote).
+    fn invalid_at(
+        &self,
+        key: &str,
+        at: &serde_saphyr::Location,
+        message: impl Into<String>,
+    ) -> PolicyFileError {
+        PolicyFileError::InvalidValue {
+            path: self.path.to_path_buf(),
+            line: at.line(),
+            column: at.column(),
+            key: key.to_string(),
+            value: String::new(),
             message: message.into(),
         }
     }
@@ -819,29 +821,115 @@ impl Validator<'_> {
     }
 
     /// `credentials`: each entry checked as `run --credential` checks it;
-    /// a relative `file` is relative to the policy file.
+    /// a relative `file` is relative to the policy file. An error names the
+    /// entry's field (and line) that `CredentialEntry::to_spec` refused.
     fn credentials(
         &self,
-        entries: Vec<CredentialEntry>,
+        entries: Vec<Spanned<RawCredential>>,
     ) -> Result<Vec<CredentialSpec>, PolicyFileError> {
-        let mut out: Vec<CredentialSpec> = Vec::new();
-        for (i, mut e) in entries.into_iter().enumerate() {
-            e.file = e.file.map(|f| self.relative(&f));
-            let spec = e.to_spec().map_err(|err| PolicyFileError::Credential {
-                path: self.path.to_path_buf(),
-                key: format!("credentials[{i}]"),
-                message: err.to_string(),
-            })?;
-            if out.iter().any(|c| c.name == spec.name) {
-                return Err(PolicyFileError::Credential {
-                    path: self.path.to_path_buf(),
-                    key: format!("credentials[{i}]"),
-                    message: format!("credential {} is given twice", spec.name),
-                });
+        let mut out: Vec<(CredentialSpec, String)> = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let key = format!("credentials[{i}]");
+            let raw = &entry.value;
+            let spec = self.credential(raw, &key, &entry.referenced)?;
+            if let Some((_, first)) = out.iter().find(|(c, _)| c.name == spec.name) {
+                return Err(self.invalid(
+                    &format!("{key}.name"),
+                    &raw.name,
+                    format!(
+                        "credential {:?} is given twice (first in {first})",
+                        spec.name
+                    ),
+                ));
             }
-            out.push(spec);
+            out.push((spec, key));
         }
-        Ok(out)
+        Ok(out.into_iter().map(|(spec, _)| spec).collect())
+    }
+
+    fn credential(
+        &self,
+        raw: &RawCredential,
+        key: &str,
+        entry: &serde_saphyr::Location,
+    ) -> Result<CredentialSpec, PolicyFileError> {
+        let text = |v: &Spanned<Scalar>, field: &str, expected: &str| match &v.value {
+            Scalar::Str(s) => Ok(s.clone()),
+            _ => Err(self.invalid(&format!("{key}.{field}"), v, expected)),
+        };
+        let hosts = raw
+            .hosts
+            .as_ref()
+            .map(|h| h.value.as_slice())
+            .unwrap_or(&[]);
+        let entry_value = CredentialEntry {
+            name: text(&raw.name, "name", "expected an environment variable name")?,
+            env: raw
+                .env
+                .as_ref()
+                .map(|v| text(v, "env", "expected an environment variable name"))
+                .transpose()?,
+            file: raw
+                .file
+                .as_ref()
+                .map(|v| text(v, "file", "expected a file path"))
+                .transpose()?
+                .map(|f| {
+                    if f.is_empty() {
+                        PathBuf::new()
+                    } else {
+                        self.relative(Path::new(&f))
+                    }
+                }),
+            hosts: hosts
+                .iter()
+                .enumerate()
+                .map(|(j, h)| {
+                    text(
+                        h,
+                        &format!("hosts[{j}]"),
+                        "expected a host name or *.domain pattern",
+                    )
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        entry_value.to_spec().map_err(|err| {
+            let message = err.to_string();
+            // The messages quote what is wrong: no " (got ...)".
+            let at_leaf = |field: &str, leaf: &Leaf| match leaf {
+                Some(v) => {
+                    self.invalid_at(&format!("{key}.{field}"), &v.referenced, message.clone())
+                }
+                None => self.invalid_at(key, entry, message.clone()),
+            };
+            match &err {
+                CredentialError::Name { .. } => {
+                    self.invalid_at(&format!("{key}.name"), &raw.name.referenced, message)
+                }
+                CredentialError::EnvVar { .. } => at_leaf("env", &raw.env),
+                CredentialError::EmptyPath { .. } => at_leaf("file", &raw.file),
+                // Both given: the second one is the surplus.
+                CredentialError::Sources { .. } if raw.env.is_some() => at_leaf("file", &raw.file),
+                CredentialError::Host { host, .. } => {
+                    match hosts
+                        .iter()
+                        .position(|h| matches!(&h.value, Scalar::Str(s) if s == host))
+                    {
+                        Some(j) => self.invalid_at(
+                            &format!("{key}.hosts[{j}]"),
+                            &hosts[j].referenced,
+                            message,
+                        ),
+                        None => self.invalid_at(key, entry, message),
+                    }
+                }
+                CredentialError::NoHosts { .. } => match &raw.hosts {
+                    Some(h) => self.invalid_at(&format!("{key}.hosts"), &h.referenced, message),
+                    None => self.invalid_at(key, entry, message),
+                },
+                _ => self.invalid_at(key, entry, message),
+            }
+        })
     }
 
     fn opt<T>(

@@ -185,11 +185,21 @@ pub struct TokenCaps {
     pub max_output_bytes: Option<u64>,
     pub max_requests: Option<u64>,
     pub max_spend_usd: Option<f64>,
+    pub memory_max: Option<u64>,
+    pub pids_max: Option<u64>,
+    /// `cpu.max` as (quota, period).
+    pub cpu_max: Option<(u64, u64)>,
+    /// The lowest level a token run may have: at least `standard` (whose
+    /// landlock rules hide the vallignus home and its signing key).
+    pub min_level: crate::isolation::namespaces::Level,
 }
 
 impl TokenCaps {
-    pub fn of(p: &crate::auth::policy::PolicyVersion) -> Self {
-        Self {
+    /// Fails only for a CPU share `cpu.max` cannot express (which
+    /// `create-policy` refuses, and a hand edit breaks the policy's hash).
+    pub fn of(p: &crate::auth::policy::PolicyVersion) -> Result<Self, String> {
+        use crate::isolation::namespaces::Level;
+        Ok(Self {
             max_runtime: p
                 .max_runtime_secs
                 .and_then(nonzero)
@@ -198,7 +208,17 @@ impl TokenCaps {
             max_output_bytes: p.max_output_bytes.and_then(nonzero),
             max_requests: p.max_requests.and_then(nonzero),
             max_spend_usd: p.max_spend_usd,
-        }
+            memory_max: p.memory_max.and_then(nonzero),
+            pids_max: p.pids_max.and_then(nonzero),
+            cpu_max: p
+                .cpu_max
+                .map(crate::cgroup::cpu_max_from_fraction)
+                .transpose()
+                .map_err(|e| format!("cpu_max: {e}"))?,
+            min_level: p
+                .isolation
+                .map_or(Level::Standard, |l| l.level().max(Level::Standard)),
+        })
     }
 }
 
@@ -208,6 +228,40 @@ pub fn narrow<T: PartialOrd + Copy>(current: Option<T>, token: Option<T>) -> Opt
         (Some(c), Some(t)) => Some(if t < c { t } else { c }),
         (c, None) => c,
         (None, t) => t,
+    }
+}
+
+/// [`narrow`] for `cpu.max` (quota, period) pairs, compared by the share
+/// of a CPU they allow (quota / period), not field by field.
+pub fn narrow_cpu(current: Option<(u64, u64)>, token: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    narrow(current.map(CpuShare), token.map(CpuShare)).map(|c| c.0)
+}
+
+/// A `cpu.max` pair ordered by quota / period (cross-multiplied, exact).
+#[derive(Debug, Clone, Copy)]
+struct CpuShare((u64, u64));
+
+impl CpuShare {
+    fn cross(self, other: CpuShare) -> (u128, u128) {
+        let ((q1, p1), (q2, p2)) = (self.0, other.0);
+        (
+            u128::from(q1) * u128::from(p2),
+            u128::from(q2) * u128::from(p1),
+        )
+    }
+}
+
+impl PartialEq for CpuShare {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = self.cross(*other);
+        a == b
+    }
+}
+
+impl PartialOrd for CpuShare {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        let (a, b) = self.cross(*other);
+        Some(a.cmp(&b))
     }
 }
 
@@ -290,5 +344,20 @@ mod tests {
         assert_eq!(narrow(None, Some(7)), Some(7));
         assert_eq!(narrow(Some(7), None), Some(7));
         assert_eq!(narrow::<u64>(None, None), None);
+    }
+
+    #[test]
+    fn cpu_narrowing_compares_shares() {
+        let fifth = Some((20_000, 100_000)); // 0.2 CPU
+        let half_long = Some((500_000, 1_000_000)); // 0.5 CPU
+        assert_eq!(narrow_cpu(half_long, fifth), fifth);
+        assert_eq!(narrow_cpu(fifth, half_long), fifth);
+        // 0.15 CPU over a 1 s period: a larger quota field, a smaller
+        // share; the order of the pairs as tuples would keep 0.2.
+        let less_long = Some((150_000, 1_000_000));
+        assert_eq!(narrow_cpu(fifth, less_long), less_long);
+        assert_eq!(narrow_cpu(less_long, fifth), less_long);
+        assert_eq!(narrow_cpu(None, fifth), fifth);
+        assert_eq!(narrow_cpu(fifth, None), fifth);
     }
 }

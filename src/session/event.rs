@@ -85,6 +85,11 @@ pub enum Event {
     /// The policy proxy stopped while the run went on: the agent has no
     /// network from then on (its only route led to the proxy).
     ProxyStopped {},
+    /// A violation alert is being sent to the webhook (its outcome follows
+    /// as `alert_sent` or `alert_failed`).
+    AlertAttempt {
+        url: String,
+    },
     /// The violation alert reached the webhook (`status`: its HTTP status).
     AlertSent {
         url: String,

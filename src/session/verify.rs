@@ -4,10 +4,12 @@
 //! Checks, in order: `events.jsonl` line by line (every line parses, `seq`
 //! counts 0, 1, 2, ... without gaps, each `prev` is the hash of the line
 //! before, the first one the hash of the session id, every `session_id` is
-//! this session's); then the seal (`seal.json` parses, names this session,
-//! its signature is valid for the public key named by its kid); then the
-//! seal against the files (event count and last event hash, the hashes of
-//! `stdout.log`, `stderr.log` and `session.json`).
+//! this session's); then the seal (`seal.json` parses, its signature is
+//! valid for the public key named by its kid, it names this session); then
+//! the seal against the files (event count and last event hash, the hashes
+//! of `stdout.log`, `stderr.log` and `session.json`). A seal whose signature
+//! does not verify is reported as forged or altered and nothing it states
+//! is used: its count or hashes would blame the files for the seal's edit.
 //!
 //! Invariants: memory stays bounded whatever the files hold (lines are
 //! hashed as they stream by and at most [`MAX_PARSED_LINE`] bytes of one are
@@ -412,27 +414,26 @@ where
         return finish(session_id, None, event_count, findings);
     };
 
-    if seal.session_id != session_id {
-        findings.push(Finding::file(
-            FindingKind::SealSessionMismatch,
-            SEAL_FILE,
-            format!(
-                "seals session {}, not {session_id} (copied from another session)",
-                seal.session_id
-            ),
-        ));
-    }
     match public_key(&seal.kid) {
         Ok(Some(key)) => {
             if !seal.signature_valid(&key) {
+                // A seal that does not verify says nothing: comparing its
+                // count or hashes with the files would report alterations
+                // of the session that are really alterations of the seal.
                 findings.push(Finding::file(
                     FindingKind::BadSignature,
                     SEAL_FILE,
                     format!(
-                        "bad signature (the seal was altered, or was not signed by key {})",
+                        "bad signature: the seal was forged or altered after signing, or was not signed by key {}; nothing it states was compared with the session",
                         seal.kid
                     ),
                 ));
+                if let Some(w) = &walk {
+                    findings.extend(w.findings.iter().cloned());
+                }
+                let mut v = finish(session_id, Some(&seal), event_count, findings);
+                v.sealed_at = None;
+                return v;
             }
         }
         Ok(None) => findings.push(Finding::file(
@@ -450,6 +451,16 @@ where
         )),
     }
 
+    if seal.session_id != session_id {
+        findings.push(Finding::file(
+            FindingKind::SealSessionMismatch,
+            SEAL_FILE,
+            format!(
+                "seals session {}, not {session_id} (copied from another session)",
+                seal.session_id
+            ),
+        ));
+    }
     if let Some(w) = &walk {
         if w.legacy {
             findings.push(Finding::line(
@@ -804,7 +815,33 @@ mod tests {
         std::fs::write(&p, v.to_string()).unwrap();
         let m = f.messages();
         assert!(m[0].starts_with("seal.json: bad signature"), "{m:?}");
-        assert!(m[1].contains("the seal says 99"), "{m:?}");
+        // Nothing is derived from a seal that does not verify: no claim
+        // that events were added or removed.
+        assert_eq!(m.len(), 1, "{m:?}");
+        let v = f.verify();
+        assert!(v.sealed && v.sealed_at.is_none());
+
+        // A forged seal does not hide what the chain shows by itself.
+        let f = Fixture::new(3);
+        let p = f.path(SEAL_FILE);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        v["event_count"] = 4.into();
+        std::fs::write(&p, v.to_string()).unwrap();
+        let mut lines = f.lines();
+        lines.remove(2);
+        f.write_lines(&lines);
+        let kinds: Vec<FindingKind> = f.verify().findings.iter().map(|x| x.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                FindingKind::BadSignature,
+                FindingKind::SeqMismatch,
+                FindingKind::PrevMismatch
+            ],
+            "{:?}",
+            f.messages()
+        );
 
         // Unknown key: said so, and the rest is still checked.
         let f = Fixture::new(1);

@@ -507,15 +507,13 @@ fn run_session(
     let net_teardown = network.map(|net| stop_network(net, journal, record, policy));
 
     // The violation alert, if one was sent: it had the whole teardown to
-    // finish (and at most alert::TIMEOUT in all); record how it went.
-    if let Some((url, handle)) = outcome.alert.take() {
-        let event = match handle.join() {
-            Ok(Ok(status)) => Event::AlertSent { url, status },
-            Ok(Err(error)) => Event::AlertFailed { url, error },
-            Err(_) => Event::AlertFailed {
-                url,
-                error: "the alert thread panicked".into(),
-            },
+    // finish, and is waited for until alert::TIMEOUT after it started at
+    // most (name lookup included); record how it went.
+    if let Some(pending) = outcome.alert.take() {
+        let url = pending.url.clone();
+        let event = match pending.wait() {
+            Ok(status) => Event::AlertSent { url, status },
+            Err(error) => Event::AlertFailed { url, error },
         };
         let _ = journal.emit(&event);
     }

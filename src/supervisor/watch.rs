@@ -59,8 +59,8 @@ pub struct WatchConfig {
 pub struct Outcome {
     /// The agent's (exit code in shell convention, signal), if it was reaped.
     pub agent_status: Option<(i64, Option<i32>)>,
-    /// An alert in flight: the URL and the thread delivering it.
-    pub alert: Option<(String, std::thread::JoinHandle<Result<u16, String>>)>,
+    /// An alert in flight.
+    pub alert: Option<super::alert::PendingAlert>,
     pub violation: Option<Violation>,
     pub ended: Instant,
 }
@@ -87,7 +87,7 @@ struct Loop<'a> {
     /// The agent's (exit code, signal): the child's own, or init's report.
     agent_status: Option<(i64, Option<i32>)>,
     recording_error: bool,
-    alert: Option<(String, std::thread::JoinHandle<Result<u16, String>>)>,
+    alert: Option<super::alert::PendingAlert>,
 }
 
 fn exit_code_of(status: &WaitStatus) -> (i64, Option<i32>) {
@@ -130,6 +130,8 @@ impl Loop<'_> {
             limit_value: v.limit_value(),
             observed_value: v.observed_value(),
         };
+        // Not through self.emit: a recording failure must not recurse.
+        let _ = self.journal.emit(&event);
         if let (Some(hook), true) = (&self.cfg.alert, self.alert.is_none()) {
             let body = serde_json::json!({
                 "session_id": self.cfg.session_id,
@@ -142,11 +144,14 @@ impl Loop<'_> {
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0),
             });
-            self.alert = Some((hook.url.clone(), hook.send(body.to_string())));
+            // The attempt is an event of its own, before its outcome
+            // (alert_sent / alert_failed, recorded at the end of the run).
+            let _ = self.journal.emit(&Event::AlertAttempt {
+                url: hook.url.clone(),
+            });
+            self.alert = Some(hook.send(body.to_string()));
         }
         self.violation = Some(v);
-        // Not through self.emit: a recording failure must not recurse.
-        let _ = self.journal.emit(&event);
         if self.phase == Phase::Running {
             self.stop();
         }

@@ -402,8 +402,66 @@ fn webhooks() {
 
 #[test]
 fn syntax_errors_name_the_line() {
-    let e = err_at("constraints:\n  pids: 1\n  pids: 2\n", 3, "constraints");
-    assert!(e.to_string().contains("duplicate"), "{e}");
+    // A duplicate key: its full key, its line and the first one's, and
+    // none of the parser's own advice.
+    let e = err_at(
+        "constraints:\n  pids: 1\n  pids: 2\n",
+        3,
+        "constraints.pids",
+    );
+    assert!(
+        e.to_string()
+            .ends_with("constraints.pids: duplicate key `pids` (first at line 2)"),
+        "{e}"
+    );
+    let e = err_at(
+        "constraints:\n  pids: 1\nviolation_protocol: {action: log}\nconstraints:\n  cpu: 1\n",
+        4,
+        "constraints",
+    );
+    assert!(e.to_string().contains("(first at line 1)"), "{e}");
+    let e = err_at(
+        "credentials:\n  - {name: A, env: B, hosts: [a.com]}\n  - name: K\n    env: A\n    hosts: [a.com]\n    env: C\n",
+        6,
+        "credentials[1].env",
+    );
+    assert!(e.to_string().contains("(first at line 4)"), "{e}");
+    assert!(!e.to_string().contains("DuplicateKeyPolicy"), "{e}");
+    err_at(
+        "constraints:\n  network: {allow_domains: [a.com], allow_domains: [b.com]}\n",
+        2,
+        "constraints.network.allow_domains",
+    );
+    // The wrong shape, in the file's words.
+    for (text, line, key, says) in [
+        (
+            "constraints:\n  network:\n    allow_domains: a.com\n",
+            3,
+            "constraints.network.allow_domains",
+            "expected a list",
+        ),
+        ("constraints: 5\n", 1, "constraints", "expected a mapping"),
+        (
+            "constraints:\n  pids: [1]\n",
+            2,
+            "constraints.pids",
+            "expected a single value (a number or a string), got a list",
+        ),
+        (
+            "credentials:\n  - {env: A, hosts: [a.com]}\n",
+            2,
+            "credentials[0]",
+            "missing key `name`",
+        ),
+    ] {
+        let e = err_at(text, line, key);
+        let msg = e.to_string();
+        assert!(msg.contains(says), "{msg}");
+        assert!(
+            !msg.contains("sequence start") && !msg.contains("mapping start"),
+            "{msg}"
+        );
+    }
     let e = p("constraints:\n  pids: [1\n").unwrap_err();
     assert!(matches!(e, PolicyFileError::Syntax { .. }), "{e:?}");
     assert!(e.line().is_some_and(|l| l >= 2), "{e}");
@@ -550,9 +608,20 @@ fn document_round_trips_through_yaml_and_json() {
 
 #[test]
 fn key_paths() {
-    assert_eq!(key_of("constraints.pids.value"), "constraints.pids");
-    assert_eq!(key_of("constraints.?"), "constraints");
-    assert_eq!(key_of("."), "(top level)");
+    assert_eq!(key_of("constraints.pids.value", false), "constraints.pids");
+    assert_eq!(key_of("constraints.?", false), "constraints");
+    assert_eq!(key_of(".", false), "(top level)");
+    assert_eq!(key_of("?", false), "(top level)");
+    assert_eq!(
+        key_of("credentials[0].value.hosts.value[1].value", false),
+        "credentials[0].hosts[1]"
+    );
+    // An unknown key keeps its name, even `value`.
+    assert_eq!(
+        key_of("credentials[0].value.value", true),
+        "credentials[0].value"
+    );
+    assert_eq!(key_of("constraints.bogus", true), "constraints.bogus");
     assert_eq!(
         strip_location("invalid u64 at line 2, column 9"),
         "invalid u64"
@@ -647,14 +716,76 @@ fn bad_request_rules_and_credentials_are_named() {
             "constraints.network.connect_ports[0]",
         );
     }
-    let e = p("credentials:\n  - name: K\n    hosts: [a.com]\n").unwrap_err();
-    assert_eq!(e.key(), Some("credentials[0]"), "{e}");
-    let e = p(
+    // Every credentials error names the line and the field at fault.
+    let e = err_at(
+        "credentials:\n  - name: K\n    hosts: [a.com]\n",
+        2,
+        "credentials[0]",
+    );
+    assert!(
+        e.to_string().contains("exactly one of `env` and `file`"),
+        "{e}"
+    );
+    let e = err_at(
         "credentials:\n  - {name: K, env: A, hosts: [a.com]}\n  - {name: K, env: B, hosts: [b.com]}\n",
-    )
-    .unwrap_err();
-    assert!(e.to_string().contains("twice"), "{e}");
-    assert!(p("credentials:\n  - {name: K, env: A, hosts: [a.com], value: x}\n").is_err());
+        3,
+        "credentials[1].name",
+    );
+    assert!(
+        e.to_string()
+            .contains("given twice (first in credentials[0])"),
+        "{e}"
+    );
+    err_at(
+        "credentials:\n  - {name: K, env: A, hosts: [a.com], value: x}\n",
+        2,
+        "credentials[0].value",
+    );
+    for (text, line, key) in [
+        (
+            "credentials:\n  - name: OK\n    env: A\n    hosts: [a.com]\n  - name: \"bad name\"\n    env: A\n    hosts: [a.com]\n",
+            5,
+            "credentials[1].name",
+        ),
+        (
+            "credentials:\n  - name: K\n    env: \"1A\"\n    hosts: [a.com]\n",
+            3,
+            "credentials[0].env",
+        ),
+        (
+            "credentials:\n  - name: K\n    env: A\n    file: x\n    hosts: [a.com]\n",
+            4,
+            "credentials[0].file",
+        ),
+        (
+            "credentials:\n  - name: K\n    file: \"\"\n    hosts: [a.com]\n",
+            3,
+            "credentials[0].file",
+        ),
+        (
+            "credentials:\n  - name: K\n    env: A\n    hosts:\n      - a.com\n      - \"a b\"\n",
+            6,
+            "credentials[0].hosts[1]",
+        ),
+        (
+            "credentials:\n  - name: K\n    env: A\n    hosts: []\n",
+            4,
+            "credentials[0].hosts",
+        ),
+        (
+            "credentials:\n  - name: K\n    env: A\n",
+            2,
+            "credentials[0]",
+        ),
+        (
+            "credentials:\n  - name: K\n    env: [A]\n    hosts: [a.com]\n",
+            3,
+            "credentials[0].env",
+        ),
+    ] {
+        let e = err_at(text, line, key);
+        assert!(e.to_string().contains("credentials entry") || e.to_string().contains("expected"), "{e}");
+    }
 }
 
 #[test]
