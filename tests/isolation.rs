@@ -20,7 +20,8 @@ fn standard_isolation_hides_the_host() {
     let marker = format!("vallignus-tmp-probe-{}", std::process::id());
     let script = format!(
         "echo pid=$$; ls /proc | grep -c '^[0-9]'; hostname; touch /tmp/{marker}; \
-         grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status"
+         grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; \
+         touch /dev/shm/{marker} && test -f /dev/shm/{marker} && echo shm-written"
     );
     let o = h.run(&[
         "run",
@@ -48,6 +49,11 @@ fn standard_isolation_hides_the_host() {
     assert!(
         !std::path::Path::new("/tmp").join(&marker).exists(),
         "the agent's /tmp is the host's"
+    );
+    assert!(out.contains("shm-written"), "{out}");
+    assert!(
+        !std::path::Path::new("/dev/shm").join(&marker).exists(),
+        "the agent's /dev/shm is the host's"
     );
     let s = h.session_json();
     assert_eq!(
