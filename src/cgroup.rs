@@ -495,11 +495,11 @@ impl Cgroup {
 
     /// Write every limit, going on past failures (`--best-effort`): the
     /// files that could not be written, with why.
-    pub fn apply_each(&self, limits: &Limits) -> Vec<(&'static str, CgroupError)> {
+    pub fn apply_each(&self, limits: &Limits) -> Vec<(&'static str, String, CgroupError)> {
         limits
             .files()
             .into_iter()
-            .filter_map(|(file, value)| self.write(file, &value).err().map(|e| (file, e)))
+            .filter_map(|(file, value)| self.write(file, &value).err().map(|e| (file, value, e)))
             .collect()
     }
 

@@ -355,3 +355,20 @@ fn check_refuses_what_run_refuses() {
         assert_eq!(stdout(&out), "");
     }
 }
+
+/// `policy check FILE` checks the file alone: a token in VALLIGNUS_TOKEN
+/// (here a bad one) is not applied to it.
+#[test]
+fn check_ignores_a_token_in_the_environment() {
+    let env = Env::new();
+    let f = env.write("p.yaml", "constraints:\n  max_runtime: 30s\n");
+    let mut cmd = env.home.cmd();
+    cmd.env("VALLIGNUS_SYSTEM_POLICY", &env.system_policy)
+        .env("VALLIGNUS_TOKEN", "vl1.not-a-token")
+        .args(["policy", "check", "--json", p(&f)]);
+    let out = output_with_timeout(&mut cmd, Duration::from_secs(60));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["constraints"]["max_runtime"], 30);
+    assert_eq!(v["security_context"]["level"], "none");
+}

@@ -152,7 +152,14 @@ fn probe_host() -> Host {
         userns = false;
         detail.push_str(", AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1)");
     }
-    checks.push(check("user namespaces", userns || root, detail));
+    // Root is exempt from the unprivileged switches, not from the count:
+    // user.max_user_namespaces = 0 stops root too (and the standard and
+    // strict levels always make one).
+    checks.push(check(
+        "user namespaces",
+        if root { max_userns > 0 } else { userns },
+        detail,
+    ));
 
     let landlock = crate::isolation::landlock::status();
     checks.push(check(

@@ -271,13 +271,16 @@ impl RunFlags {
     /// The flags of `run --policy FILE` and nothing else.
     pub fn with_policy(file: &std::path::Path) -> Result<RunFlags, String> {
         use clap::Parser;
-        FlagsOnly::try_parse_from([
+        let mut flags = FlagsOnly::try_parse_from([
             std::ffi::OsStr::new("run"),
             "--policy".as_ref(),
             file.as_os_str(),
         ])
         .map(|f| f.flags)
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        // Only the file: not a token from VALLIGNUS_TOKEN.
+        flags.token = None;
+        Ok(flags)
     }
 
     /// `--policy`, as given.
@@ -517,6 +520,15 @@ pub fn resolve(args: &RunFlags) -> Result<RunPolicy, String> {
         // standard level, whose landlock rules hide the vallignus home (or
         // at the policy's minimum, if that is higher).
         p.isolation.level = p.isolation.level.max(caps.min_level);
+        // Best effort would let a host without landlock (or a controller)
+        // run the token's agent without the hidden store or its limits.
+        if p.best_effort {
+            return Err(
+                "--best-effort cannot be used with --token: a token's limits and the \
+                        hidden auth store must be enforced, or the run must not start"
+                    .into(),
+            );
+        }
         p.token_identity = Some(crate::policy::TokenIdentity {
             agent_id: v.agent_id.clone(),
             owner: v.owner.clone(),
@@ -598,6 +610,13 @@ pub fn resolve(args: &RunFlags) -> Result<RunPolicy, String> {
             )
         }
         _ => {}
+    }
+    if p.end_on_pids_max && p.cgroup.pids_max.is_none() {
+        return Err(
+            "--end-on-pids-max (or constraints.end_on_pids_max) needs a pids limit: give \
+             --pids-max N (or constraints.pids)"
+                .into(),
+        );
     }
     if let Some(net) = &p.network {
         // Validate the rules now: a bad pattern is a flag error (exit 125).

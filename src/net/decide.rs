@@ -274,11 +274,12 @@ impl Rules {
     /// every name by default); with one, exactly the hosts both allow (each
     /// side's patterns that lie within the other side).
     pub fn effective_allow(&self) -> Vec<DomainPattern> {
-        let own: Vec<DomainPattern> = if self.default_allow {
-            vec![DomainPattern::AnyName]
-        } else {
-            self.allow.clone()
-        };
+        // Default allow adds every name; the explicit rules still count
+        // (an IP literal is only ever allowed by one).
+        let mut own = self.allow.clone();
+        if self.default_allow {
+            own.push(DomainPattern::AnyName);
+        }
         let Some(ceiling) = &self.ceiling else {
             return own;
         };
@@ -1040,6 +1041,13 @@ mod tests {
             .with_ceiling(token());
         assert_eq!(show(&r), ["api.test", "*.docs.test"]);
         assert_eq!(show(&rules(&[], &[]).with_default_allow(true)), ["*"]);
+        // Default allow keeps the IP rules it does not cover.
+        let r = rules(&["10.0.0.1"], &[]).with_default_allow(true);
+        assert_eq!(show(&r), ["10.0.0.1", "*"]);
+        let r = rules(&["10.0.0.1"], &[])
+            .with_default_allow(true)
+            .with_ceiling(parse_patterns(&["api.test", "10.0.0.1"]).unwrap());
+        assert_eq!(show(&r), ["10.0.0.1", "api.test"]);
     }
 
     #[test]

@@ -248,6 +248,36 @@ pub fn seal(
     key: &SigningKey,
     now: SystemTime,
 ) -> Result<Seal, SealError> {
+    prepare(dir, session_id, last_event_hash, event_count, kid, key, now)?.write()
+}
+
+/// A signed seal, not written yet: the supervisor signs while the final
+/// `session.json` is being flushed, and writes the seal only once the files
+/// it vouches for are on the disk.
+pub struct PreparedSeal {
+    path: std::path::PathBuf,
+    bytes: Vec<u8>,
+    seal: Seal,
+}
+
+impl PreparedSeal {
+    /// Write `seal.json` (atomically, 0600, flushed).
+    pub fn write(self) -> Result<Seal, SealError> {
+        write_atomic(&self.path, &self.bytes)?;
+        Ok(self.seal)
+    }
+}
+
+/// [`seal`] without the write.
+pub fn prepare(
+    dir: &Path,
+    session_id: &str,
+    last_event_hash: &str,
+    event_count: u64,
+    kid: &str,
+    key: &SigningKey,
+    now: SystemTime,
+) -> Result<PreparedSeal, SealError> {
     let mut files = BTreeMap::new();
     for name in SEALED_FILES {
         let path = dir.join(name);
@@ -276,8 +306,7 @@ pub fn seal(
         source: io::Error::other(e),
     })?;
     bytes.push(b'\n');
-    write_atomic(&path, &bytes)?;
-    Ok(seal)
+    Ok(PreparedSeal { path, bytes, seal })
 }
 
 /// Seal with the active key of `<home>/auth`, creating the store and its
@@ -291,8 +320,20 @@ pub fn seal_with_active_key(
     event_count: u64,
     now: SystemTime,
 ) -> Result<Seal, SealError> {
+    prepare_with_active_key(home, dir, session_id, last_event_hash, event_count, now)?.write()
+}
+
+/// [`seal_with_active_key`] without the write.
+pub fn prepare_with_active_key(
+    home: &Path,
+    dir: &Path,
+    session_id: &str,
+    last_event_hash: &str,
+    event_count: u64,
+    now: SystemTime,
+) -> Result<PreparedSeal, SealError> {
     let (kid, key) = AuthStore::new(home).active_signing_key(now)?;
-    seal(
+    prepare(
         dir,
         session_id,
         last_event_hash,

@@ -414,9 +414,10 @@ where
         return finish(session_id, None, event_count, findings);
     };
 
-    match public_key(&seal.kid) {
+    let key = public_key(&seal.kid);
+    match &key {
         Ok(Some(key)) => {
-            if !seal.signature_valid(&key) {
+            if !seal.signature_valid(key) {
                 // A seal that does not verify says nothing: comparing its
                 // count or hashes with the files would report alterations
                 // of the session that are really alterations of the seal.
@@ -436,19 +437,34 @@ where
                 return v;
             }
         }
-        Ok(None) => findings.push(Finding::file(
-            FindingKind::UnknownKey,
-            SEAL_FILE,
-            format!(
-                "signed with key {}, which this auth store does not have: the signature cannot be checked",
-                seal.kid
-            ),
-        )),
-        Err(e) => findings.push(Finding::file(
-            FindingKind::KeyUnreadable,
-            SEAL_FILE,
-            format!("cannot load public key {}: {e}", seal.kid),
-        )),
+        // A seal whose signature cannot be checked says nothing either:
+        // anyone can write a seal naming a key this store lacks.
+        Ok(None) | Err(_) => {
+            findings.push(match key {
+                Ok(_) => Finding::file(
+                    FindingKind::UnknownKey,
+                    SEAL_FILE,
+                    format!(
+                        "signed with key {}, which this auth store does not have: the signature cannot be checked, so nothing the seal states was compared with the session",
+                        seal.kid
+                    ),
+                ),
+                Err(e) => Finding::file(
+                    FindingKind::KeyUnreadable,
+                    SEAL_FILE,
+                    format!(
+                        "cannot load public key {}: {e}; nothing the seal states was compared with the session",
+                        seal.kid
+                    ),
+                ),
+            });
+            if let Some(w) = &walk {
+                findings.extend(w.findings.iter().cloned());
+            }
+            let mut v = finish(session_id, Some(&seal), event_count, findings);
+            v.sealed_at = None;
+            return v;
+        }
     }
 
     if seal.session_id != session_id {
@@ -843,11 +859,17 @@ mod tests {
             f.messages()
         );
 
-        // Unknown key: said so, and the rest is still checked.
+        // Unknown key: said so, and nothing the seal states is compared
+        // (its count claims an event that is not there: no finding for it).
         let f = Fixture::new(1);
+        let p = f.path(SEAL_FILE);
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        v["event_count"] = 9.into();
+        std::fs::write(&p, v.to_string()).unwrap();
         let v = verify(f.dir.path(), SID, |_| Ok(None));
-        assert_eq!(v.findings.len(), 1);
+        assert_eq!(v.findings.len(), 1, "{:?}", v.findings);
         assert_eq!(v.findings[0].kind, FindingKind::UnknownKey);
+        assert!(v.sealed_at.is_none());
 
         // Another key: bad signature.
         let f = Fixture::new(1);
@@ -857,7 +879,10 @@ mod tests {
 
         // A seal copied from another session.
         let f = Fixture::new(1);
-        let v = verify(f.dir.path(), "20260101-120000-zzzzzz", |_| Ok(None));
+        let key = f.key.verifying_key();
+        let v = verify(f.dir.path(), "20260101-120000-zzzzzz", move |_| {
+            Ok(Some(key))
+        });
         let kinds: Vec<FindingKind> = v.findings.iter().map(|x| x.kind).collect();
         assert!(
             kinds.contains(&FindingKind::SealSessionMismatch),

@@ -195,10 +195,7 @@ pub fn run(command: &[String], policy: &RunPolicy) -> Result<RunReport, RunError
                 let events = journal.event_count();
                 let (home, dir) = (r.home().to_path_buf(), r.dir.clone());
                 if let Ok(sync) = r.finish(Status::FailedToStart) {
-                    seal_session(&home, &dir, &session_id, chain.as_deref(), events);
-                    if let Err(e) = sync.wait() {
-                        note(policy, &format!("cannot write session.json: {e}"));
-                    }
+                    seal_session(&home, &dir, &session_id, chain.as_deref(), events, sync);
                 }
             }
             Err(e)
@@ -210,12 +207,24 @@ pub fn run(command: &[String], policy: &RunPolicy) -> Result<RunReport, RunError
 /// before it starts anything (`vallignus doctor`): the token, the child's
 /// plan (user, namespaces, landlock, seccomp, network mode, CA and
 /// credentials), the cgroup base and its controllers, and the tools the
-/// network path needs. Creates nothing that outlives the call.
+/// network path needs. What it leaves behind is what any run creates first
+/// and keeps: vallignus's base cgroup and `/run/vallignus/tls/` (the probe
+/// CA bundle in it is removed).
 pub fn preflight(policy: &RunPolicy) -> Result<EnforcementMap, RunError> {
     let mut enforcement = EnforcementMap::new();
     check_enforceable(policy, &mut enforcement)?;
     let probe_id = format!("preflight-{}", std::process::id());
     let (plan, _interception) = child_plan(&["true".into()], policy, &probe_id, &mut enforcement)?;
+    if plan.namespaces.user
+        && std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+            .is_ok_and(|n| n.trim() == "0")
+    {
+        return Err(RunError::Unsupported(format!(
+            "cannot create the namespaces {}: user namespaces are disabled on this host \
+             (user.max_user_namespaces = 0)",
+            plan.namespaces
+        )));
+    }
     let controllers = policy.cgroup.controllers();
     match cgroup::resolve_base().and_then(|base| {
         cgroup::check_controllers(&base, &controllers)?;
@@ -307,12 +316,26 @@ fn run_session(
         if limits_ok && policy.best_effort {
             // One limit the kernel refuses costs that limit, not the
             // cgroup (and with it cgroup.kill and every other limit).
-            for (file, e) in cg.apply_each(limits) {
+            let failed = cg.apply_each(limits);
+            for (file, _, e) in &failed {
                 note(
                     policy,
                     &format!("not enforced (--best-effort): {file}: {e}"),
                 );
-                enforced(enforcement, file, false, format!("not enforced: {e}"));
+            }
+            // Per file, every value with its state (io.max has one per device).
+            let mut details: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+            for (file, value) in limits.files() {
+                let state = match failed.iter().find(|(f, v, _)| *f == file && *v == value) {
+                    Some((_, _, e)) => format!("{value}: not enforced: {e}"),
+                    None => format!("{value}: enforced"),
+                };
+                details.entry(file).or_default().push(state);
+            }
+            for (file, states) in details {
+                if failed.iter().any(|(f, _, _)| *f == file) {
+                    enforced(enforcement, file, false, states.join("; "));
+                }
             }
         } else if limits_ok {
             if let Err(e) = cg.apply(limits) {
@@ -1162,12 +1185,14 @@ fn finish(
     let id = r.id().to_string();
     let (home, dir) = (r.home().to_path_buf(), r.dir.clone());
     match r.finish(status) {
-        Ok(sync) => {
-            seal_session(&home, &dir, &id, chain.as_deref(), journal.event_count());
-            if let Err(e) = sync.wait() {
-                note(policy, &format!("cannot write session.json: {e}"));
-            }
-        }
+        Ok(sync) => seal_session(
+            &home,
+            &dir,
+            &id,
+            chain.as_deref(),
+            journal.event_count(),
+            sync,
+        ),
         Err(e) => note(policy, &format!("cannot write session.json: {e}")),
     }
     note(policy, &format!("session {id} (vallignus replay {id})"));
@@ -1189,12 +1214,19 @@ fn seal_session(
     id: &str,
     chain: Option<&str>,
     events: u64,
+    sync: record::FinalSync,
 ) {
     let now = std::time::SystemTime::now();
-    let result = chain.ok_or(SealError::NoChain).and_then(|last| {
-        crate::session::seal::seal_with_active_key(home, dir, id, last, events, now)
+    // Hash and sign while session.json is flushed; write the seal only
+    // once the file it vouches for is on the disk, so that a crash can
+    // never leave a durable seal over a session.json that is not.
+    let prepared = chain.ok_or(SealError::NoChain).and_then(|last| {
+        crate::session::seal::prepare_with_active_key(home, dir, id, last, events, now)
     });
-    if let Err(e) = result {
+    if let Err(e) = sync.wait() {
+        eprintln!("vallignus: warning: session {id}: session.json may not be on the disk: {e}");
+    }
+    if let Err(e) = prepared.and_then(crate::session::seal::PreparedSeal::write) {
         eprintln!("vallignus: warning: session {id} is not sealed: {e}");
     }
 }
