@@ -415,56 +415,45 @@ where
     };
 
     let key = public_key(&seal.kid);
-    match &key {
-        Ok(Some(key)) => {
-            if !seal.signature_valid(key) {
-                // A seal that does not verify says nothing: comparing its
-                // count or hashes with the files would report alterations
-                // of the session that are really alterations of the seal.
-                findings.push(Finding::file(
-                    FindingKind::BadSignature,
-                    SEAL_FILE,
-                    format!(
-                        "bad signature: the seal was forged or altered after signing, or was not signed by key {}; nothing it states was compared with the session",
-                        seal.kid
-                    ),
-                ));
-                if let Some(w) = &walk {
-                    findings.extend(w.findings.iter().cloned());
-                }
-                let mut v = finish(session_id, Some(&seal), event_count, findings);
-                v.sealed_at = None;
-                return v;
-            }
+    // A seal that does not verify, or whose signature cannot be checked
+    // (anyone can name a key this store lacks), says nothing: comparing its
+    // count or hashes with the files would report alterations of the
+    // session that are really alterations of the seal.
+    let untrusted = match &key {
+        Ok(Some(key)) if seal.signature_valid(key) => None,
+        Ok(Some(_)) => Some(Finding::file(
+            FindingKind::BadSignature,
+            SEAL_FILE,
+            format!(
+                "bad signature: the seal was forged or altered after signing, or was not signed by key {}; nothing it states was compared with the session",
+                seal.kid
+            ),
+        )),
+        Ok(None) => Some(Finding::file(
+            FindingKind::UnknownKey,
+            SEAL_FILE,
+            format!(
+                "signed with key {}, which this auth store does not have: the signature cannot be checked, so nothing the seal states was compared with the session",
+                seal.kid
+            ),
+        )),
+        Err(e) => Some(Finding::file(
+            FindingKind::KeyUnreadable,
+            SEAL_FILE,
+            format!(
+                "cannot load public key {}: {e}; nothing the seal states was compared with the session",
+                seal.kid
+            ),
+        )),
+    };
+    if let Some(finding) = untrusted {
+        findings.push(finding);
+        if let Some(w) = &walk {
+            findings.extend(w.findings.iter().cloned());
         }
-        // A seal whose signature cannot be checked says nothing either:
-        // anyone can write a seal naming a key this store lacks.
-        Ok(None) | Err(_) => {
-            findings.push(match key {
-                Ok(_) => Finding::file(
-                    FindingKind::UnknownKey,
-                    SEAL_FILE,
-                    format!(
-                        "signed with key {}, which this auth store does not have: the signature cannot be checked, so nothing the seal states was compared with the session",
-                        seal.kid
-                    ),
-                ),
-                Err(e) => Finding::file(
-                    FindingKind::KeyUnreadable,
-                    SEAL_FILE,
-                    format!(
-                        "cannot load public key {}: {e}; nothing the seal states was compared with the session",
-                        seal.kid
-                    ),
-                ),
-            });
-            if let Some(w) = &walk {
-                findings.extend(w.findings.iter().cloned());
-            }
-            let mut v = finish(session_id, Some(&seal), event_count, findings);
-            v.sealed_at = None;
-            return v;
-        }
+        let mut v = finish(session_id, Some(&seal), event_count, findings);
+        v.sealed_at = None;
+        return v;
     }
 
     if seal.session_id != session_id {
