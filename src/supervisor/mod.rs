@@ -215,10 +215,7 @@ pub fn preflight(policy: &RunPolicy) -> Result<EnforcementMap, RunError> {
     check_enforceable(policy, &mut enforcement)?;
     let probe_id = format!("preflight-{}", std::process::id());
     let (plan, _interception) = child_plan(&["true".into()], policy, &probe_id, &mut enforcement)?;
-    if plan.namespaces.user
-        && std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
-            .is_ok_and(|n| n.trim() == "0")
-    {
+    if plan.namespaces.user && crate::isolation::namespaces::max_user_namespaces() == Some(0) {
         return Err(RunError::Unsupported(format!(
             "cannot create the namespaces {}: user namespaces are disabled on this host \
              (user.max_user_namespaces = 0)",
@@ -232,9 +229,7 @@ pub fn preflight(policy: &RunPolicy) -> Result<EnforcementMap, RunError> {
     }) {
         Ok(base) => {
             enforced(&mut enforcement, "cgroup", true, base.display().to_string());
-            for (file, value) in policy.cgroup.files() {
-                enforced(&mut enforcement, file, true, value);
-            }
+            record_limits(&mut enforcement, &policy.cgroup, policy, &[]);
         }
         Err(e) if policy.best_effort => {
             enforced(&mut enforcement, "cgroup", false, e.to_string());
@@ -323,20 +318,7 @@ fn run_session(
                     &format!("not enforced (--best-effort): {file}: {e}"),
                 );
             }
-            // Per file, every value with its state (io.max has one per device).
-            let mut details: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-            for (file, value) in limits.files() {
-                let state = match failed.iter().find(|(f, v, _)| *f == file && *v == value) {
-                    Some((_, _, e)) => format!("{value}: not enforced: {e}"),
-                    None => format!("{value}: enforced"),
-                };
-                details.entry(file).or_default().push(state);
-            }
-            for (file, states) in details {
-                if failed.iter().any(|(f, _, _)| *f == file) {
-                    enforced(enforcement, file, false, states.join("; "));
-                }
-            }
+            record_limits(enforcement, limits, policy, &failed);
         } else if limits_ok {
             if let Err(e) = cg.apply(limits) {
                 let _ = cg.remove();
@@ -1089,20 +1071,7 @@ fn limits_for_run(
 ) -> Result<bool, CgroupError> {
     match cgroup::enable_controllers(base, &limits.controllers()) {
         Ok(()) => {
-            // One entry per file: several io.max rules (one per device)
-            // are listed together.
-            let mut details: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-            for (file, value) in limits.files() {
-                let detail = if file == "pids.max" && policy.end_on_pids_max {
-                    format!("{value} (reaching it ends the run)")
-                } else {
-                    value
-                };
-                details.entry(file).or_default().push(detail);
-            }
-            for (file, values) in details {
-                enforced(enforcement, file, true, values.join("; "));
-            }
+            record_limits(enforcement, limits, policy, &[]);
             Ok(true)
         }
         Err(e) if policy.best_effort => {
@@ -1113,6 +1082,41 @@ fn limits_for_run(
             Ok(false)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Record the limit files of `limits`, one entry per file (io.max has a
+/// rule per device, listed together). A file with a value in `failed` (a
+/// best-effort write the kernel refused) is not enforced, and its entry
+/// gives every value with its state.
+fn record_limits(
+    enforcement: &mut EnforcementMap,
+    limits: &cgroup::Limits,
+    policy: &RunPolicy,
+    failed: &[(&str, String, CgroupError)],
+) {
+    let mut details: BTreeMap<&str, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    for (file, value) in limits.files() {
+        let refused = failed.iter().find(|(f, v, _)| *f == file && *v == value);
+        let state = match refused {
+            Some((_, _, e)) => format!("{value}: not enforced: {e}"),
+            None => format!("{value}: enforced"),
+        };
+        let detail = if file == "pids.max" && policy.end_on_pids_max {
+            format!("{value} (reaching it ends the run)")
+        } else {
+            value
+        };
+        let entry = details.entry(file).or_default();
+        entry.0.push(detail);
+        entry.1.push(state);
+    }
+    for (file, (values, states)) in details {
+        if failed.iter().any(|(f, _, _)| *f == file) {
+            enforced(enforcement, file, false, states.join("; "));
+        } else {
+            enforced(enforcement, file, true, values.join("; "));
+        }
     }
 }
 
