@@ -137,9 +137,7 @@ fn probe_host() -> Host {
         ));
     }
 
-    let max_userns: u64 = read("/proc/sys/user/max_user_namespaces")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let max_userns = crate::isolation::namespaces::max_user_namespaces().unwrap_or(0);
     let debian_switch = read("/proc/sys/kernel/unprivileged_userns_clone");
     let apparmor = read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns");
     let mut userns = max_userns > 0;

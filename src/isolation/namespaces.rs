@@ -92,6 +92,14 @@ impl Level {
     }
 }
 
+/// `user.max_user_namespaces`: 0 stops everyone, root included, from
+/// making a user namespace. `None` when it cannot be read.
+pub fn max_user_namespaces() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
 impl Namespaces {
     /// Parse `user,pid,mount,net,ipc,uts` (any subset; `all` for every one).
     pub fn parse(list: &str) -> Result<Self, String> {
