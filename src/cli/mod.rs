@@ -50,6 +50,11 @@ enum Command {
 
 /// Print an error with its chain of causes, once, prefixed `vallignus:`.
 pub(crate) fn print_error(err: &dyn std::error::Error) {
+    eprintln!("vallignus: error: {}", with_causes(err));
+}
+
+/// An error's message followed by those of its sources (each once).
+pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
     let mut msg = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
@@ -60,7 +65,7 @@ pub(crate) fn print_error(err: &dyn std::error::Error) {
         }
         source = s.source();
     }
-    eprintln!("vallignus: error: {msg}");
+    msg
 }
 
 /// Whether the arguments select the `run` verb (for its exit-code rules).

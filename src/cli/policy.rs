@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::policy::file::{self, EffectivePolicy, FlagOverrides};
+use crate::policy::file::EffectivePolicy;
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -48,8 +48,6 @@ pub struct ShowArgs {
 
 #[derive(Debug, thiserror::Error)]
 enum PolicyCliError {
-    #[error(transparent)]
-    File(#[from] file::PolicyFileError),
     /// What `run` would refuse (its message names the flag, file or token).
     #[error("{0}")]
     Run(String),
@@ -75,21 +73,18 @@ pub fn execute(cmd: PolicyCommand) -> u8 {
 }
 
 fn check(args: &CheckArgs) -> Result<(), PolicyCliError> {
-    let policy = file::load(&args.file)?;
     // What a run with only this file would do: the same resolution, so a
     // value `run` refuses (an https webhook, an unknown user) fails here.
     let flags = super::run::RunFlags::with_policy(&args.file).map_err(PolicyCliError::Run)?;
-    let run = super::run::resolve(&flags).map_err(PolicyCliError::Run)?;
+    let (run, effective) = super::run::resolve_with_file(&flags).map_err(PolicyCliError::Run)?;
     eprintln!("vallignus: {}: valid", args.file.display());
-    let effective = file::resolve(Some(&policy), &FlagOverrides::default());
     print(&effective, &run, args.json)
 }
 
 fn show(args: &ShowArgs) -> Result<(), PolicyCliError> {
-    let policy = file::load_for_run(args.run.policy_path())?;
-    let run = super::run::resolve(&args.run).map_err(PolicyCliError::Run)?;
-    match &policy {
-        Some(p) => eprintln!("vallignus: policy file: {}", p.source.display()),
+    let (run, effective) = super::run::resolve_with_file(&args.run).map_err(PolicyCliError::Run)?;
+    match &effective.policy_file {
+        Some(p) => eprintln!("vallignus: policy file: {}", p.display()),
         None => eprintln!("vallignus: no policy file: built-in defaults and flags only"),
     }
     if let Some(t) = &run.token_identity {
@@ -98,7 +93,6 @@ fn show(args: &ShowArgs) -> Result<(), PolicyCliError> {
             t.agent_id, t.owner, t.policy_id, t.policy_version
         );
     }
-    let effective = file::resolve(policy.as_ref(), &args.run.cap_overrides());
     print(&effective, &run, args.json)
 }
 

@@ -283,16 +283,6 @@ impl RunFlags {
         Ok(flags)
     }
 
-    /// `--policy`, as given.
-    pub fn policy_path(&self) -> Option<&std::path::Path> {
-        self.policy.as_deref()
-    }
-
-    /// The caps as given, for the policy file's precedence rules.
-    pub fn cap_overrides(&self) -> crate::policy::file::FlagOverrides {
-        self.caps.overrides()
-    }
-
     fn policy(&self) -> RunPolicy {
         RunPolicy {
             max_runtime: self.caps.max_runtime.filter(|d| !d.is_zero()),
@@ -371,11 +361,20 @@ pub fn execute(args: RunArgs) -> u8 {
 /// flags, then narrowed by the token. Everything is validated here, before
 /// anything touches the system.
 pub fn resolve(args: &RunFlags) -> Result<RunPolicy, String> {
+    resolve_with_file(args).map(|(p, _)| p)
+}
+
+/// [`resolve`], with the policy file's own effective policy (defaults <
+/// file < the cap flags) that it was built from, for `policy show` and
+/// `policy check`, which print the file's shape.
+pub fn resolve_with_file(
+    args: &RunFlags,
+) -> Result<(RunPolicy, crate::policy::file::EffectivePolicy), String> {
     use crate::policy::file::{self, SecurityLevel, User};
     let mut p = args.policy();
 
     // The policy file, under the flags.
-    let pf = file::load_for_run(args.policy.as_deref()).map_err(|e| e.to_string())?;
+    let pf = file::load_for_run(args.policy.as_deref()).map_err(|e| super::with_causes(&e))?;
     let eff = file::resolve(pf.as_ref(), &args.caps.overrides());
     p.max_runtime = eff.max_runtime;
     p.max_output_lines = eff.max_output_lines;
@@ -626,5 +625,5 @@ pub fn resolve(args: &RunFlags) -> Result<RunPolicy, String> {
                 .map_err(|e| format!("--tls-passthrough {d:?}: {e}"))?;
         }
     }
-    Ok(p)
+    Ok((p, eff))
 }
