@@ -54,14 +54,16 @@ fn curl_gets_the_secret_on_the_wire_only_for_its_host() {
         return;
     };
     let h = Home::new();
-    let mut flags = fake.flags(&["api.openai.test", "api.anthropic.test"], true);
-    flags.extend(strings(&[
-        "--credential",
-        "OPENAI_API_KEY=REAL_OPENAI_KEY@api.openai.test",
-        // Passing the source through explicitly must not leak it either.
-        "--env",
-        "REAL_OPENAI_KEY",
-    ]));
+    let flags = fake.trusted_flags(
+        &["api.openai.test", "api.anthropic.test"],
+        &[
+            "--credential",
+            "OPENAI_API_KEY=REAL_OPENAI_KEY@api.openai.test",
+            // Passing the source through explicitly must not leak it either.
+            "--env",
+            "REAL_OPENAI_KEY",
+        ],
+    );
     let mut args: Vec<&str> = vec!["run", "-q"];
     args.extend(flags.iter().map(String::as_str));
     let own = fake.url("api.openai.test", "/v1/chat/completions");
@@ -175,11 +177,13 @@ fn the_openai_sdk_works_with_a_placeholder_key() {
         Err(why) => return skip(test, &why),
     };
     let h = Home::new();
-    let mut flags = fake.flags(&["api.openai.test"], true);
-    flags.extend(strings(&[
-        "--credential",
-        "OPENAI_API_KEY=REAL_OPENAI_KEY@api.openai.test",
-    ]));
+    let flags = fake.trusted_flags(
+        &["api.openai.test"],
+        &[
+            "--credential",
+            "OPENAI_API_KEY=REAL_OPENAI_KEY@api.openai.test",
+        ],
+    );
     let base = fake.url("api.openai.test", "/v1");
     let mut args: Vec<&str> = vec!["run", "-q"];
     args.extend(flags.iter().map(String::as_str));
@@ -263,8 +267,10 @@ fn a_key_file_is_kept_from_the_agent() {
     let own = fake.url("api.openai.test", "/v1/chat/completions");
     let key_path = key_file.to_str().unwrap();
     let run_with = |h: &Home, level: &str, spec: &str| {
-        let mut flags = fake.flags(&["api.openai.test"], true);
-        flags.extend(strings(&["--isolation", level, "--credential", spec]));
+        let flags = fake.trusted_flags(
+            &["api.openai.test"],
+            &["--isolation", level, "--credential", spec],
+        );
         run(
             h,
             &flags,

@@ -234,8 +234,7 @@ fn max_requests_counts_requests_inside_tunnels() {
     };
     let h = Home::new();
     let url = fake.url("api.openai.test", "/health");
-    let mut flags = fake.flags(&["api.openai.test"], true);
-    flags.extend(strings(&["--max-requests", "2"]));
+    let flags = fake.trusted_flags(&["api.openai.test"], &["--max-requests", "2"]);
     let t0 = Instant::now();
     let o = run(
         &h,
@@ -330,8 +329,7 @@ fn spend_of_plain_openai_requests_via_curl() {
         return;
     };
     let h = Home::new();
-    let mut flags = fake.flags(&["api.openai.test"], true);
-    flags.extend(strings(&["--max-spend-usd", "1"]));
+    let flags = fake.trusted_flags(&["api.openai.test"], &["--max-spend-usd", "1"]);
     let responses_body = r#"{"model":"gpt-4o-mini","max_output_tokens":1000,"input":"hi"}"#;
     let script = format!("{POST}\nset -- \"$5\" \"$6\" '' responses\n{POST}",);
     let o = run(
@@ -418,8 +416,7 @@ fn spend_with_the_openai_sdk_plain_and_streaming() {
         Err(why) => return skip(test, &why),
     };
     let h = Home::new();
-    let mut flags = fake.flags(&["api.openai.test"], true);
-    flags.extend(strings(&["--max-spend-usd", "1"]));
+    let flags = fake.trusted_flags(&["api.openai.test"], &["--max-spend-usd", "1"]);
     let o = run(
         &h,
         &flags,
@@ -472,8 +469,7 @@ fn spend_of_anthropic_messages_plain_and_streaming() {
     let (input, _, output) = shipped_price("claude-haiku-4-5*");
     let cost = FAKE_INPUT_TOKENS * input + FAKE_OUTPUT_TOKENS * output;
     let h = Home::new();
-    let mut flags = fake.flags(&["api.anthropic.test"], true);
-    flags.extend(strings(&["--max-spend-usd", "1"]));
+    let flags = fake.trusted_flags(&["api.anthropic.test"], &["--max-spend-usd", "1"]);
     let plain = r#"{"model":"claude-haiku-4-5","max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}"#;
     let stream = r#"{"model":"claude-haiku-4-5","max_tokens":1000,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let url = fake.url("api.anthropic.test", "/v1/messages");
@@ -527,8 +523,7 @@ fn no_usage_and_dropped_streams_are_charged_their_reservation() {
         return;
     };
     let h = Home::new();
-    let mut flags = fake.flags(&["api.openai.test"], true);
-    flags.extend(strings(&["--max-spend-usd", "1"]));
+    let flags = fake.trusted_flags(&["api.openai.test"], &["--max-spend-usd", "1"]);
     let stream = r#"{"model":"gpt-4o-mini","max_tokens":1000,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
     let unknown =
         r#"{"model":"no-such-model","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#;
@@ -607,8 +602,7 @@ fn passing_the_budget_ends_the_run() {
     };
     let url = fake.url("api.openai.test", "/v1/chat/completions");
     let budget = "0.0001";
-    let mut flags = fake.flags(&["api.openai.test"], true);
-    flags.extend(strings(&["--max-spend-usd", budget]));
+    let flags = fake.trusted_flags(&["api.openai.test"], &["--max-spend-usd", budget]);
     let then_wait = format!("{POST}\nsleep 20; echo survived");
 
     // Admitted (its estimate, max_tokens 100, fits) but its real cost
@@ -676,13 +670,10 @@ fn parallel_metered_requests_never_overshoot_the_budget() {
     let budget: u64 = 2_000_000_000; // 0.002 USD
     assert!(3 * reservation <= budget && 4 * reservation > budget);
     let h = Home::new();
-    let mut flags = fake.flags(&["api.openai.test"], true);
-    flags.extend(strings(&[
-        "--max-spend-usd",
-        "0.002",
-        "--max-requests",
-        "0",
-    ]));
+    let flags = fake.trusted_flags(
+        &["api.openai.test"],
+        &["--max-spend-usd", "0.002", "--max-requests", "0"],
+    );
     let script = r#"seq 20 | xargs -P 20 -I{} curl -sS -o /dev/null -w '{} %{http_code}\n' -H 'x-fake-mode: slow' -H 'content-type: application/json' -d "$2" "$1""#;
     let o = run(
         &h,
@@ -751,8 +742,7 @@ fn a_stream_in_flight_when_the_budget_ends_the_run_is_recorded() {
     // Room for the stream's reservation, not for a second one.
     assert!(reservation <= 1_000_000_000 && 2 * reservation > 1_000_000_000);
     let h = Home::new();
-    let mut flags = fake.flags(&["api.openai.test"], true);
-    flags.extend(strings(&["--max-spend-usd", "0.001"]));
+    let flags = fake.trusted_flags(&["api.openai.test"], &["--max-spend-usd", "0.001"]);
     let o = run(
         &h,
         &flags,
@@ -799,8 +789,10 @@ fn passthrough_domains_are_not_intercepted() {
         return;
     };
     let h = Home::new();
-    let mut flags = fake.flags(&["api.openai.test"], true);
-    flags.extend(strings(&["--tls-passthrough", "api.openai.test"]));
+    let flags = fake.trusted_flags(
+        &["api.openai.test"],
+        &["--tls-passthrough", "api.openai.test"],
+    );
     let script = r#"
 curl -sS -w ' %{http_code}\n' "$1"; echo "bundle $?"
 curl -sS -w ' %{http_code}\n' --cacert "$2" "$1"; echo "test-ca $?"
@@ -857,8 +849,7 @@ fn a_request_waiting_for_its_response_when_the_run_ends_is_recorded() {
     let reservation = estimate(GPT_BODY, 1000, MINI_OUTPUT, MINI_INPUT);
     assert!(reservation <= 1_000_000_000 && 2 * reservation > 1_000_000_000);
     let h = Home::new();
-    let mut flags = fake.flags(&["api.openai.test"], true);
-    flags.extend(strings(&["--max-spend-usd", "0.001"]));
+    let flags = fake.trusted_flags(&["api.openai.test"], &["--max-spend-usd", "0.001"]);
     let o = run(
         &h,
         &flags,
@@ -1049,8 +1040,10 @@ fn billable_apis_that_cannot_be_priced_are_refused_under_a_budget() {
         return;
     };
     let h = Home::new();
-    let mut flags = fake.flags(&["api.openai.test"], true);
-    flags.extend(strings(&["--max-spend-usd", "1", "--policy", "/dev/null"]));
+    let flags = fake.trusted_flags(
+        &["api.openai.test"],
+        &["--max-spend-usd", "1", "--policy", "/dev/null"],
+    );
     let base = fake.url("api.openai.test", "");
     let o = run(
         &h,

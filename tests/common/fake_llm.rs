@@ -189,6 +189,13 @@ impl FakeLlm {
         }
         f
     }
+
+    /// [`FakeLlm::flags`] with the fake's CA trusted, then `extra`.
+    pub fn trusted_flags(&self, hosts: &[&str], extra: &[&str]) -> Vec<String> {
+        let mut f = self.flags(hosts, true);
+        f.extend(strings(extra));
+        f
+    }
 }
 
 impl Drop for FakeLlm {
