@@ -138,15 +138,15 @@ fn overlay(doc: &mut serde_json::Value, run: &crate::policy::RunPolicy) {
     n["max_requests"] = json!(run.max_requests);
     if let Some(net) = &run.network {
         if let Ok(rules) = net.rules() {
-            let allow: Vec<String> = rules
+            use crate::policy::domain::DomainPattern;
+            // Every name (default allow) is the file's default_policy, not
+            // an entry of its list.
+            let (any, named): (Vec<DomainPattern>, Vec<DomainPattern>) = rules
                 .effective_allow()
-                .iter()
-                .filter(|p| **p != crate::policy::domain::DomainPattern::AnyName)
-                .map(ToString::to_string)
-                .collect();
-            let open = rules
-                .effective_allow()
-                .contains(&crate::policy::domain::DomainPattern::AnyName);
+                .into_iter()
+                .partition(|p| *p == DomainPattern::AnyName);
+            let open = !any.is_empty();
+            let allow: Vec<String> = named.iter().map(ToString::to_string).collect();
             n["allow_domains"] = json!(allow);
             n["default_policy"] = json!(if open { "allow" } else { "deny" });
         }
