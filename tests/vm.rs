@@ -19,10 +19,10 @@ fn controllers_available(test: &str, controllers: &[&str]) -> bool {
     let Some(mount) = cgroup2_mount() else {
         return false;
     };
-    let offered = std::fs::read_to_string(mount.join("cgroup.subtree_control")).unwrap_or_default();
+    let offered = offered_controllers();
     let missing: Vec<&&str> = controllers
         .iter()
-        .filter(|c| !offered.split_whitespace().any(|o| o == **c))
+        .filter(|c| !offered.iter().any(|o| o == **c))
         .collect();
     if !missing.is_empty() {
         skip(

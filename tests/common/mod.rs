@@ -123,6 +123,15 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 
 /// Print a skip notice that libtest does not capture (it only captures the
 /// print macros), so `scripts/test` can list what was skipped and why.
+/// The controllers the cgroup2 root offers its children (what the run
+/// cgroups can be limited by); empty without a cgroup2 mount.
+pub fn offered_controllers() -> Vec<String> {
+    cgroup2_mount()
+        .and_then(|m| std::fs::read_to_string(m.join("cgroup.subtree_control")).ok())
+        .map(|s| s.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
 pub fn skip(test: &str, why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
