@@ -22,7 +22,9 @@ pub mod replay;
 pub mod seal;
 pub mod store;
 pub mod verify;
+pub mod writer;
 
-pub use event::{Event, EventWriter, Stream};
+pub use event::{Event, Stream};
 pub use meta::{SessionMeta, Status};
 pub use store::{SessionError, Store};
+pub use writer::EventWriter;

@@ -248,7 +248,22 @@ pub fn seal(
     key: &SigningKey,
     now: SystemTime,
 ) -> Result<Seal, SealError> {
-    prepare(dir, session_id, last_event_hash, event_count, kid, key, now)?.write()
+    let end = ChainEnd {
+        last_event_hash,
+        event_count,
+        log_hashes: None,
+    };
+    prepare(dir, session_id, &end, kid, key, now)?.write()
+}
+
+/// The end of a session's event chain, and what its writer knows of the
+/// raw logs.
+pub struct ChainEnd<'a> {
+    pub last_event_hash: &'a str,
+    pub event_count: u64,
+    /// Hex SHA-256 of `stdout.log` and `stderr.log`, taken from the bytes
+    /// as they were written; `None`: hash the files on disk.
+    pub log_hashes: Option<&'a [String; 2]>,
 }
 
 /// A signed seal, not written yet: the supervisor signs while the final
@@ -272,16 +287,25 @@ impl PreparedSeal {
 pub fn prepare(
     dir: &Path,
     session_id: &str,
-    last_event_hash: &str,
-    event_count: u64,
+    end: &ChainEnd,
     kid: &str,
     key: &SigningKey,
     now: SystemTime,
 ) -> Result<PreparedSeal, SealError> {
     let mut files = BTreeMap::new();
     for name in SEALED_FILES {
-        let path = dir.join(name);
-        let hash = hash_file(&path).map_err(|source| SealError::Io { path, source })?;
+        let known = match (name, end.log_hashes) {
+            ("stdout.log", Some([out, _])) => Some(out.clone()),
+            ("stderr.log", Some([_, err])) => Some(err.clone()),
+            _ => None,
+        };
+        let hash = match known {
+            Some(hash) => hash,
+            None => {
+                let path = dir.join(name);
+                hash_file(&path).map_err(|source| SealError::Io { path, source })?
+            }
+        };
         files.insert(name.to_string(), hash);
     }
     let mut seal = Seal {
@@ -289,8 +313,8 @@ pub fn prepare(
         session_id: session_id.to_string(),
         kid: kid.to_string(),
         alg: SEAL_ALG.into(),
-        last_event_hash: last_event_hash.to_string(),
-        event_count,
+        last_event_hash: end.last_event_hash.to_string(),
+        event_count: end.event_count,
         files,
         sealed_at: now_utc(now),
         signature: String::new(),
@@ -320,7 +344,12 @@ pub fn seal_with_active_key(
     event_count: u64,
     now: SystemTime,
 ) -> Result<Seal, SealError> {
-    prepare_with_active_key(home, dir, session_id, last_event_hash, event_count, now)?.write()
+    let end = ChainEnd {
+        last_event_hash,
+        event_count,
+        log_hashes: None,
+    };
+    prepare_with_active_key(home, dir, session_id, &end, now)?.write()
 }
 
 /// [`seal_with_active_key`] without the write.
@@ -328,20 +357,11 @@ pub fn prepare_with_active_key(
     home: &Path,
     dir: &Path,
     session_id: &str,
-    last_event_hash: &str,
-    event_count: u64,
+    end: &ChainEnd,
     now: SystemTime,
 ) -> Result<PreparedSeal, SealError> {
     let (kid, key) = AuthStore::new(home).active_signing_key(now)?;
-    prepare(
-        dir,
-        session_id,
-        last_event_hash,
-        event_count,
-        &kid,
-        &key,
-        now,
-    )
+    prepare(dir, session_id, end, &kid, &key, now)
 }
 
 #[cfg(test)]

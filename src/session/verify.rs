@@ -564,7 +564,8 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::event::{sha256_hex, Event, EventWriter, Stream};
+    use crate::session::event::{sha256_hex, Event, Stream};
+    use crate::session::EventWriter;
     use ed25519_dalek::SigningKey;
     use std::time::{Instant, SystemTime};
 
@@ -594,7 +595,7 @@ mod tests {
             }
             w.emit(&Event::RunFinished { duration_ms: 5 }).unwrap();
             let count = w.count();
-            let (_, last) = w.finish().unwrap();
+            let last = w.finish().unwrap().last_hash;
             std::fs::write(dir.path().join("stdout.log"), b"out\n").unwrap();
             std::fs::write(dir.path().join("stderr.log"), b"err\n").unwrap();
             std::fs::write(dir.path().join("session.json"), b"{\"a\": 1}\n").unwrap();

@@ -195,7 +195,7 @@ pub fn run(command: &[String], policy: &RunPolicy) -> Result<RunReport, RunError
                 let events = journal.event_count();
                 let (home, dir) = (r.home().to_path_buf(), r.dir.clone());
                 if let Ok(sync) = r.finish(Status::FailedToStart) {
-                    seal_session(&home, &dir, &session_id, chain.as_deref(), events, sync);
+                    seal_session(&home, &dir, &session_id, chain.as_ref(), events, sync);
                 }
             }
             Err(e)
@@ -1193,7 +1193,7 @@ fn finish(
             &home,
             &dir,
             &id,
-            chain.as_deref(),
+            chain.as_ref(),
             journal.event_count(),
             sync,
         ),
@@ -1216,7 +1216,7 @@ fn seal_session(
     home: &std::path::Path,
     dir: &std::path::Path,
     id: &str,
-    chain: Option<&str>,
+    chain: Option<&journal::JournalEnd>,
     events: u64,
     sync: record::FinalSync,
 ) {
@@ -1224,8 +1224,13 @@ fn seal_session(
     // Hash and sign while session.json is flushed; write the seal only
     // once the file it vouches for is on the disk, so that a crash can
     // never leave a durable seal over a session.json that is not.
-    let prepared = chain.ok_or(SealError::NoChain).and_then(|last| {
-        crate::session::seal::prepare_with_active_key(home, dir, id, last, events, now)
+    let prepared = chain.ok_or(SealError::NoChain).and_then(|chain| {
+        let end = crate::session::seal::ChainEnd {
+            last_event_hash: &chain.last_event_hash,
+            event_count: events,
+            log_hashes: chain.log_hashes.as_ref(),
+        };
+        crate::session::seal::prepare_with_active_key(home, dir, id, &end, now)
     });
     if let Err(e) = sync.wait() {
         eprintln!("vallignus: warning: session {id}: session.json may not be on the disk: {e}");

@@ -1,7 +1,6 @@
 //! The session of one run, from `session.json` with `status: running` to
 //! the final, atomically written `session.json`.
 
-use std::io::BufWriter;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -60,12 +59,9 @@ impl Record {
         if let Some(sup) = &meta.supervisor {
             store.mark_running(&session_id, sup.pid, sup.start_time)?;
         }
-        let writer = EventWriter::new(
-            BufWriter::with_capacity(Journal::event_buffer_size(), events),
-            &session_id,
-            started,
-        );
-        let journal = Journal::new(writer, stdout_log, stderr_log);
+        // Unbuffered files: the writer writes whole batches.
+        let writer = EventWriter::with_logs(events, [stdout_log, stderr_log], &session_id, started);
+        let journal = Journal::new(writer);
         Ok((Self { store, dir, meta }, journal))
     }
 

@@ -1,0 +1,601 @@
+//! Writing a running session's files: `events.jsonl` with its hash chain
+//! and, for the supervisor, the raw `stdout.log` and `stderr.log`.
+//!
+//! Output lines are the hot path (millions per run), so the work is split
+//! over two threads:
+//! - the caller (the supervisor's loop) encodes each event into a batch up
+//!   to and including `"prev":"`, and absorbs those bytes into a SHA-256
+//!   state; raw output goes into the same batch;
+//! - the writer thread completes every event in place (the 64 hex digits of
+//!   the previous line's hash, then `"}`), writes the batch's bytes to the
+//!   three files with one write each, and keeps a running SHA-256 of each raw
+//!   log for the seal (so a log of gigabytes is not read back and hashed
+//!   after the agent has exited).
+//!
+//! Until [`EventWriter::spawn_thread`] (the supervisor forks first) and in
+//! tests, the same work is done in the calling thread.
+//!
+//! Flushing never waits for the writer thread: it hands over what is
+//! batched and returns. A supervisor killed with SIGKILL loses at most the
+//! batches in flight (a few hundred KiB of its last busy stretch).
+
+use std::io::{self, Write};
+use std::time::Instant;
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use super::event::{hex, push_json_escaped, push_u64, Event, Stream};
+
+/// What follows the hex digest of `prev`: the end of every event line.
+const EVENT_END: &[u8] = b"\"}\n";
+/// Length of the hex digest that the writer fills in.
+const HEX_LEN: usize = 64;
+
+/// The two lowercase hex digits of every byte value.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [DIGITS[i >> 4], DIGITS[i & 15]];
+        i += 1;
+    }
+    table
+};
+
+/// Hand a batch to the writer once it holds this many bytes (events and raw
+/// output together). 256 KiB: large enough to amortise the hand-over, small
+/// enough that the batches in flight (at most 2 queued, 2 recycled, 1 in
+/// each thread) keep the supervisor's memory to a few MiB.
+const BATCH_BYTES: usize = 256 << 10;
+
+/// Encoded events waiting for the chain, and raw output waiting for its log.
+///
+/// `bytes` holds complete event lines back to back, each with a 64-byte
+/// hole where its `prev` goes; `events` has, per line, the length up to the
+/// hole and the SHA-256 state after absorbing those bytes.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    events: Vec<(u32, Sha256)>,
+    raw: [Vec<u8>; 2],
+}
+
+impl Batch {
+    fn with_capacity() -> Self {
+        Self {
+            bytes: Vec::with_capacity(BATCH_BYTES + (64 << 10)),
+            events: Vec::with_capacity(BATCH_BYTES / 128),
+            raw: [Vec::new(), Vec::new()],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.len() + self.raw[0].len() + self.raw[1].len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.events.clear();
+        self.raw[0].clear();
+        self.raw[1].clear();
+    }
+}
+
+/// The raw output logs and the running hashes of what was written to them.
+struct RawLogs<W> {
+    files: [W; 2],
+    hashes: [Sha256; 2],
+}
+
+/// The files' end of the pipeline: completes the chain and writes.
+struct Sink<W: Write> {
+    events: W,
+    logs: Option<RawLogs<W>>,
+    /// SHA-256 of the last event line written (of the session id at first).
+    prev: [u8; 32],
+}
+
+impl<W: Write> Sink<W> {
+    fn new(events: W, logs: Option<[W; 2]>, session_id: &str) -> Self {
+        Self {
+            events,
+            logs: logs.map(|files| RawLogs {
+                files,
+                hashes: [Sha256::new(), Sha256::new()],
+            }),
+            prev: Sha256::digest(session_id.as_bytes()).into(),
+        }
+    }
+
+    /// Fill in every event's `prev`, write the batch, and leave it empty.
+    fn write_batch(&mut self, batch: &mut Batch) -> io::Result<()> {
+        let mut pos = 0;
+        for (head, state) in batch.events.drain(..) {
+            let hole = pos + head as usize;
+            let hex = &mut batch.bytes[hole..hole + HEX_LEN];
+            for (pair, b) in hex.chunks_exact_mut(2).zip(self.prev) {
+                pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
+            }
+            // The line's bytes are everything up to its newline.
+            let end = &EVENT_END[..EVENT_END.len() - 1];
+            self.prev = state
+                .chain_update(&*hex)
+                .chain_update(end)
+                .finalize()
+                .into();
+            pos = hole + HEX_LEN + EVENT_END.len();
+        }
+        if let Some(logs) = &mut self.logs {
+            for (i, raw) in batch.raw.iter().enumerate() {
+                if !raw.is_empty() {
+                    logs.files[i].write_all(raw)?;
+                    logs.hashes[i].update(raw);
+                }
+            }
+        }
+        self.events.write_all(&batch.bytes)?;
+        batch.clear();
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if let Some(logs) = &mut self.logs {
+            for f in &mut logs.files {
+                f.flush()?;
+            }
+        }
+        self.events.flush()
+    }
+}
+
+/// Where batches go: the sink in this thread, or the writer thread (which
+/// sends written batches back through `recycle` for reuse).
+enum Backend<W: Write + Send + 'static> {
+    Inline(Sink<W>),
+    Thread {
+        tx: std::sync::mpsc::SyncSender<Batch>,
+        recycle: std::sync::mpsc::Receiver<Batch>,
+        handle: std::thread::JoinHandle<io::Result<Sink<W>>>,
+    },
+    Done,
+}
+
+/// What a finished writer leaves: its files and the hashes the seal needs.
+pub struct Finished<W> {
+    pub events: W,
+    /// Hex SHA-256 of the last event line (of the session id if none).
+    pub last_hash: String,
+    /// Hex SHA-256 of everything written to `stdout.log` and `stderr.log`,
+    /// if this writer wrote them.
+    pub log_hashes: Option<[String; 2]>,
+}
+
+/// Writes events to a sink, maintaining `seq`, `t_us` and the hash chain;
+/// optionally writes the raw output logs too.
+pub struct EventWriter<W: Write + Send + 'static> {
+    backend: Backend<W>,
+    batch: Batch,
+    session_id: String,
+    seq: u64,
+    start: Instant,
+    /// Time of the current output chunk (see [`EventWriter::stamp`]).
+    ts_ms: u64,
+    t_us: u64,
+    /// `{"ts_ms":..,"session_id":"..","type":"stdout_line","seq":` for each
+    /// stream, rebuilt at every stamp: the constant part of a line event.
+    line_prefix: [Vec<u8>; 2],
+    /// Whether raw output is kept (made with [`EventWriter::with_logs`]).
+    has_logs: bool,
+}
+
+fn writer_error() -> io::Error {
+    io::Error::other("the event writer thread stopped")
+}
+
+impl<W: Write + Send + 'static> EventWriter<W> {
+    /// A writer of events only. `start` is the run's monotonic start, the
+    /// zero of `t_us`.
+    pub fn new(events: W, session_id: &str, start: Instant) -> Self {
+        Self::with_sink(Sink::new(events, None, session_id), session_id, start)
+    }
+
+    /// A writer of events and of the raw logs (`[stdout, stderr]`), which
+    /// [`EventWriter::raw`] appends to.
+    pub fn with_logs(events: W, logs: [W; 2], session_id: &str, start: Instant) -> Self {
+        Self::with_sink(Sink::new(events, Some(logs), session_id), session_id, start)
+    }
+
+    fn with_sink(sink: Sink<W>, session_id: &str, start: Instant) -> Self {
+        let mut w = Self {
+            has_logs: sink.logs.is_some(),
+            backend: Backend::Inline(sink),
+            batch: Batch::with_capacity(),
+            session_id: session_id.to_string(),
+            seq: 0,
+            start,
+            ts_ms: 0,
+            t_us: 0,
+            line_prefix: [Vec::new(), Vec::new()],
+        };
+        w.stamp();
+        w
+    }
+
+    /// Move the hashing and writing to a thread of its own, from now on.
+    /// Called by the supervisor after the fork (which needs a
+    /// single-threaded process); a no-op if already threaded.
+    pub fn spawn_thread(&mut self) -> io::Result<()> {
+        self.send_batch()?;
+        let mut sink = match std::mem::replace(&mut self.backend, Backend::Done) {
+            Backend::Inline(sink) => sink,
+            other => {
+                self.backend = other;
+                return Ok(());
+            }
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(2);
+        let (recycle_tx, recycle) = std::sync::mpsc::sync_channel::<Batch>(2);
+        let spawned = std::thread::Builder::new()
+            .name("events".into())
+            .spawn(move || {
+                for mut batch in rx {
+                    sink.write_batch(&mut batch)?;
+                    let _ = recycle_tx.try_send(batch);
+                }
+                sink.flush()?;
+                Ok(sink)
+            });
+        match spawned {
+            Ok(handle) => {
+                self.backend = Backend::Thread {
+                    tx,
+                    recycle,
+                    handle,
+                };
+                Ok(())
+            }
+            // The sink moved into the closure that failed to start: the
+            // events written so far are on disk, but the stream is over.
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Take the current time for the events that follow. Structured events
+    /// stamp themselves; output lines use the stamp of the chunk they
+    /// arrived in (they did arrive at the same instant), which saves two
+    /// clock reads and the header formatting per line.
+    pub fn stamp(&mut self) {
+        self.ts_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.t_us = self.start.elapsed().as_micros() as u64;
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let mut p = std::mem::take(&mut self.line_prefix[stream.index()]);
+            p.clear();
+            self.push_prefix(&mut p, stream.line_event_type());
+            self.line_prefix[stream.index()] = p;
+        }
+    }
+
+    /// `{"ts_ms":N,"session_id":"ID","type":"KIND","seq":`
+    fn push_prefix(&self, out: &mut Vec<u8>, kind: &str) {
+        out.extend_from_slice(b"{\"ts_ms\":");
+        push_u64(out, self.ts_ms);
+        out.extend_from_slice(b",\"session_id\":\"");
+        push_json_escaped(out, &self.session_id);
+        out.extend_from_slice(b"\",\"type\":\"");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\",\"seq\":");
+    }
+
+    /// Number of events written so far (the next `seq`).
+    pub fn count(&self) -> u64 {
+        self.seq
+    }
+
+    /// Start an event: `{"ts_ms":..,"session_id":..,"type":..,"seq":..,"t_us":..`.
+    fn begin(&mut self, prefix: Option<Stream>, kind: &str) {
+        let mut l = std::mem::take(&mut self.batch.bytes);
+        match prefix {
+            Some(stream) => l.extend_from_slice(&self.line_prefix[stream.index()]),
+            None => self.push_prefix(&mut l, kind),
+        }
+        push_u64(&mut l, self.seq);
+        l.extend_from_slice(b",\"t_us\":");
+        push_u64(&mut l, self.t_us);
+        self.batch.bytes = l;
+    }
+
+    /// End the event that starts at `start`: append `,"prev":"`, absorb the
+    /// line so far into a SHA-256 state, leave the hole for the digest and
+    /// close the line; hand the batch over once it is full.
+    fn end(&mut self, start: usize) -> io::Result<()> {
+        let bytes = &mut self.batch.bytes;
+        bytes.extend_from_slice(b",\"prev\":\"");
+        let head = &bytes[start..];
+        let len = u32::try_from(head.len()).map_err(|_| io::Error::other("event too large"))?;
+        let state = Sha256::new().chain_update(head);
+        bytes.extend_from_slice(&[b'0'; HEX_LEN]);
+        bytes.extend_from_slice(EVENT_END);
+        self.batch.events.push((len, state));
+        self.seq += 1;
+        self.send_if_full()
+    }
+
+    fn send_if_full(&mut self) -> io::Result<()> {
+        if self.batch.len() >= BATCH_BYTES {
+            self.send_batch()?;
+        }
+        Ok(())
+    }
+
+    fn send_batch(&mut self) -> io::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        match &mut self.backend {
+            Backend::Inline(sink) => sink.write_batch(&mut self.batch),
+            Backend::Thread { tx, recycle, .. } => {
+                let next = recycle
+                    .try_recv()
+                    .unwrap_or_else(|_| Batch::with_capacity());
+                let batch = std::mem::replace(&mut self.batch, next);
+                tx.send(batch).map_err(|_| writer_error())
+            }
+            Backend::Done => Err(writer_error()),
+        }
+    }
+
+    /// Write one structured event.
+    pub fn emit(&mut self, event: &Event) -> io::Result<()> {
+        let value = serde_json::to_value(event).map_err(io::Error::other)?;
+        let serde_json::Value::Object(mut fields) = value else {
+            return Err(io::Error::other("event did not serialize to an object"));
+        };
+        let kind = match fields.remove("type") {
+            Some(serde_json::Value::String(s)) => s,
+            _ => return Err(io::Error::other("event has no type")),
+        };
+        self.stamp();
+        let start = self.batch.bytes.len();
+        self.begin(None, &kind);
+        for (k, v) in &fields {
+            self.batch.bytes.push(b',');
+            serde_json::to_writer(&mut self.batch.bytes, k).map_err(io::Error::other)?;
+            self.batch.bytes.push(b':');
+            serde_json::to_writer(&mut self.batch.bytes, v).map_err(io::Error::other)?;
+        }
+        self.end(start)
+    }
+
+    /// Write one output line (without its newline). `partial` means the
+    /// bytes were not followed by a newline (a piece of a long line, or the
+    /// last bytes of a stream that did not end with one). Valid UTF-8 goes
+    /// to `line`, anything else to `line_b64`.
+    pub fn emit_line(&mut self, stream: Stream, bytes: &[u8], partial: bool) -> io::Result<()> {
+        let start = self.batch.bytes.len();
+        self.begin(Some(stream), stream.line_event_type());
+        let out = &mut self.batch.bytes;
+        match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                out.extend_from_slice(b",\"line\":\"");
+                push_json_escaped(out, text);
+            }
+            Err(_) => {
+                out.extend_from_slice(b",\"line_b64\":\"");
+                let engine = &base64::engine::general_purpose::STANDARD;
+                let at = out.len();
+                out.resize(at + bytes.len().div_ceil(3) * 4, 0);
+                let written = engine
+                    .encode_slice(bytes, &mut out[at..])
+                    .map_err(io::Error::other)?;
+                out.truncate(at + written);
+            }
+        }
+        out.push(b'"');
+        if partial {
+            out.extend_from_slice(b",\"partial\":true");
+        }
+        self.end(start)
+    }
+
+    /// Append raw output to its log (a writer made with
+    /// [`EventWriter::with_logs`]; without logs this is a no-op).
+    pub fn raw(&mut self, stream: Stream, bytes: &[u8]) -> io::Result<()> {
+        if self.has_logs && !bytes.is_empty() {
+            self.batch.raw[stream.index()].extend_from_slice(bytes);
+            self.send_if_full()?;
+        }
+        Ok(())
+    }
+
+    /// Hand everything batched so far on to the files. Inline, it is
+    /// written (and the sink flushed) before this returns; threaded, the
+    /// writer thread writes it next, without this waiting for it.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.send_batch()?;
+        match &mut self.backend {
+            Backend::Inline(sink) => sink.flush(),
+            Backend::Thread { .. } => Ok(()),
+            Backend::Done => Err(writer_error()),
+        }
+    }
+
+    /// Write everything, stop the writer thread, and return the files and
+    /// the hashes: of the last event line and of the raw logs.
+    pub fn finish(&mut self) -> io::Result<Finished<W>> {
+        self.send_batch()?;
+        let mut sink = match std::mem::replace(&mut self.backend, Backend::Done) {
+            Backend::Inline(sink) => sink,
+            Backend::Thread { tx, handle, .. } => {
+                drop(tx);
+                handle.join().map_err(|_| writer_error())??
+            }
+            Backend::Done => return Err(writer_error()),
+        };
+        sink.flush()?;
+        let log_hashes = sink
+            .logs
+            .map(|logs| logs.hashes.map(|h| hex(&h.finalize())));
+        Ok(Finished {
+            events: sink.events,
+            last_hash: hex(&sink.prev),
+            log_hashes,
+        })
+    }
+
+    /// For tests: finish and return the sink.
+    #[cfg(test)]
+    pub fn into_inner(mut self) -> W {
+        match self.finish() {
+            Ok(finished) => finished.events,
+            Err(e) => panic!("event writer failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::event::sha256_hex;
+
+    fn lines(buf: &[u8]) -> Vec<serde_json::Value> {
+        buf.split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn envelope_and_chain() {
+        let mut w = EventWriter::new(Vec::new(), "sid-1", Instant::now());
+        w.emit(&Event::RunStarted {
+            command: vec!["echo".into(), "hi".into()],
+            cwd: "/tmp".into(),
+        })
+        .unwrap();
+        w.emit_line(Stream::Stdout, b"hi", false).unwrap();
+        w.emit(&Event::ProcessExited {
+            exit_code: 0,
+            signal: None,
+        })
+        .unwrap();
+        let buf = w.into_inner();
+        let evs = lines(&buf);
+        assert_eq!(evs.len(), 3);
+        assert_eq!(evs[0]["type"], "run_started");
+        assert_eq!(evs[0]["command"][1], "hi");
+        assert_eq!(evs[0]["session_id"], "sid-1");
+        assert_eq!(evs[0]["prev"], sha256_hex(b"sid-1"));
+        assert_eq!(evs[1]["type"], "stdout_line");
+        assert_eq!(evs[1]["line"], "hi");
+        assert!(evs[1].get("partial").is_none());
+        assert!(evs[2].get("signal").is_none());
+        let raw: Vec<&[u8]> = buf.split(|&b| b == b'\n').collect();
+        for i in 1..3 {
+            assert_eq!(evs[i]["seq"], i as u64);
+            assert_eq!(evs[i]["prev"], sha256_hex(raw[i - 1]));
+        }
+    }
+
+    #[test]
+    fn escapes_and_binary() {
+        let mut w = EventWriter::new(Vec::new(), "s", Instant::now());
+        let tricky = "q\"b\\s\r\t\u{1}\u{7f}é\u{2028}";
+        w.emit_line(Stream::Stderr, tricky.as_bytes(), true)
+            .unwrap();
+        w.emit_line(Stream::Stdout, b"\xff\xfeok\x00", false)
+            .unwrap();
+        let evs = lines(&w.into_inner());
+        assert_eq!(evs[0]["line"], tricky);
+        assert_eq!(evs[0]["partial"], true);
+        assert_eq!(evs[0]["type"], "stderr_line");
+        let b64 = evs[1]["line_b64"].as_str().unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        assert_eq!(decoded, b"\xff\xfeok\x00");
+        assert!(evs[1].get("line").is_none());
+    }
+
+    #[test]
+    fn nul_in_valid_utf8_round_trips() {
+        let mut w = EventWriter::new(Vec::new(), "s", Instant::now());
+        w.emit_line(Stream::Stdout, b"a\x00b", false).unwrap();
+        let evs = lines(&w.into_inner());
+        assert_eq!(evs[0]["line"], "a\u{0}b");
+    }
+
+    /// A writer with logs, threaded as in the supervisor: the three files
+    /// get every byte in order, the chain is intact across batches, and the
+    /// log hashes are those of the bytes written.
+    #[test]
+    fn threaded_writer_with_logs_hashes_what_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| std::fs::File::create(dir.path().join(name)).unwrap();
+        let logs = [file("stdout.log"), file("stderr.log")];
+        let mut w = EventWriter::with_logs(file("events.jsonl"), logs, "sid-2", Instant::now());
+        w.emit(&Event::RunStarted {
+            command: vec!["x".into()],
+            cwd: "/".into(),
+        })
+        .unwrap();
+        w.spawn_thread().unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        // Enough to fill several batches, with flushes in between.
+        for i in 0..20_000u32 {
+            let line = format!("line {i} {}", "y".repeat((i % 97) as usize));
+            let (stream, log) = if i % 5 == 0 {
+                (Stream::Stderr, &mut err)
+            } else {
+                (Stream::Stdout, &mut out)
+            };
+            w.raw(stream, line.as_bytes()).unwrap();
+            w.raw(stream, b"\n").unwrap();
+            log.extend_from_slice(line.as_bytes());
+            log.push(b'\n');
+            w.emit_line(stream, line.as_bytes(), false).unwrap();
+            if i % 1000 == 0 {
+                w.flush().unwrap();
+            }
+        }
+        let count = w.count();
+        let finished = w.finish().unwrap();
+        drop(finished.events);
+        let events = std::fs::read(dir.path().join("events.jsonl")).unwrap();
+        let raw: Vec<&[u8]> = events
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(raw.len() as u64, count);
+        let mut prev = sha256_hex(b"sid-2");
+        for (i, line) in raw.iter().enumerate() {
+            let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+            assert_eq!(v["seq"], i as u64);
+            assert_eq!(v["prev"], prev.as_str(), "event {i}");
+            prev = sha256_hex(line);
+        }
+        assert_eq!(finished.last_hash, prev);
+        assert_eq!(std::fs::read(dir.path().join("stdout.log")).unwrap(), out);
+        assert_eq!(std::fs::read(dir.path().join("stderr.log")).unwrap(), err);
+        let hashes = finished.log_hashes.unwrap();
+        assert_eq!(hashes, [sha256_hex(&out), sha256_hex(&err)]);
+    }
+
+    #[test]
+    fn a_writer_without_logs_ignores_raw_output() {
+        let mut w = EventWriter::new(Vec::new(), "s", Instant::now());
+        w.raw(Stream::Stdout, b"not kept").unwrap();
+        w.emit_line(Stream::Stdout, b"kept", false).unwrap();
+        let finished = w.finish().unwrap();
+        assert!(finished.log_hashes.is_none());
+        assert_eq!(lines(&finished.events).len(), 1);
+    }
+}
