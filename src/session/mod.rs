@@ -17,6 +17,7 @@
 pub mod event;
 pub mod id;
 pub mod meta;
+pub mod midstate;
 pub mod reader;
 pub mod replay;
 pub mod seal;
