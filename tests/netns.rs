@@ -524,3 +524,35 @@ fn the_first_connection_after_setup_is_immediate() {
         netns::teardown(handle).unwrap();
     }
 }
+
+/// The netlink nf_tables client that lists and deletes tables (reaping and
+/// teardown) agrees with `nft`, inside a throwaway namespace.
+#[test]
+fn nf_tables_netlink_lists_and_deletes_tables() {
+    if !available("nf_tables_netlink_lists_and_deletes_tables") {
+        return;
+    }
+    use netns::nfnl::{Nfnl, FAMILY_INET};
+    let ns = NsChild::spawn();
+    ns.exec(&["nft", "add", "table", "inet", "vlg_nfnl_test"]);
+    ns.exec(&["nft", "add", "table", "ip", "vlg_nfnl_other"]);
+    ns.inside(|| {
+        let mut nl = Nfnl::open().unwrap();
+        let tables = nl.tables().unwrap();
+        assert!(
+            tables.contains(&(FAMILY_INET, "vlg_nfnl_test".to_string())),
+            "{tables:?}"
+        );
+        assert!(
+            tables.contains(&(2, "vlg_nfnl_other".to_string())),
+            "{tables:?}"
+        );
+        assert!(nl.delete_table(FAMILY_INET, "vlg_nfnl_test").unwrap());
+        assert!(!nl.delete_table(FAMILY_INET, "vlg_nfnl_test").unwrap());
+        let left = nl.tables().unwrap();
+        assert!(!left.iter().any(|(_, n)| n == "vlg_nfnl_test"), "{left:?}");
+    });
+    let listed = ns.exec(&["nft", "list", "tables"]);
+    assert!(!listed.contains("vlg_nfnl_test"), "{listed}");
+    assert!(listed.contains("table ip vlg_nfnl_other"), "{listed}");
+}

@@ -28,7 +28,9 @@
 //! [`NetPlan::agent_ruleset`]), and is applied atomically by the kernel; the
 //! netlink alternative (building nftnl expressions by hand) is much larger
 //! and harder to review. The price is one `nft` process per side; a missing
-//! `nft` fails the setup before anything is changed.
+//! `nft` fails the setup before anything is changed. Listing and deleting
+//! tables (reaping, teardown) need no ruleset, so they go straight over
+//! netlink (the `nfnl` submodule) and cost no process.
 //!
 //! - In the agent's namespace (table `inet vallignus`): output allows
 //!   loopback and TCP to the proxy's address and port only, plus
@@ -68,6 +70,7 @@
 //!   in `_<pid>_<start time>_<run hash>`, so [`reap_orphans`] removes the
 //!   objects of dead supervisors and nothing else.
 
+pub mod nfnl;
 mod nft;
 mod rtnl;
 #[cfg(test)]
@@ -417,12 +420,6 @@ table inet {table} {{
     }
 }
 
-/// Removing a table idempotently: `add` is a no-op when it exists, so the
-/// `delete` never fails for a missing table.
-fn delete_table_script(table: &str) -> String {
-    format!("add table inet {table}\ndelete table inet {table}\n")
-}
-
 /// The agent process whose network namespace is configured.
 #[derive(Debug, Clone, Copy)]
 pub enum NsTarget<'a> {
@@ -537,7 +534,7 @@ impl NetHandle {
     /// Delete the veth (if it is still ours) and the host table.
     pub fn teardown(mut self) -> Result<(), NetError> {
         self.live = false;
-        remove(&self.plan, self.host_index, &self.table, &self.nft)
+        remove(&self.plan, self.host_index, &self.table)
     }
 }
 
@@ -545,7 +542,7 @@ impl Drop for NetHandle {
     fn drop(&mut self) {
         if self.live {
             self.live = false;
-            let _ = remove(&self.plan, self.host_index, &self.table, &self.nft);
+            let _ = remove(&self.plan, self.host_index, &self.table);
         }
     }
 }
@@ -556,13 +553,34 @@ pub fn teardown(handle: NetHandle) -> Result<(), NetError> {
 }
 
 /// Delete link `index` if it still is `plan.host_if`, and the table, at the
-/// same time (each waits for an RCU grace period in the kernel). Both are
-/// attempted; the first error is returned.
-fn remove(plan: &NetPlan, index: u32, table: &str, nft_bin: &Path) -> Result<(), NetError> {
-    let table = nft::start(nft_bin, &delete_table_script(table), "delete host table");
-    let link = delete_own_link(plan, index);
-    let table = table.and_then(nft::Pending::wait);
-    link.and(table)
+/// same time (the link's removal waits for RCU grace periods in the
+/// kernel). Both are attempted; the first error is returned.
+fn remove(plan: &NetPlan, index: u32, table: &str) -> Result<(), NetError> {
+    std::thread::scope(|s| {
+        let deleting = s.spawn(|| delete_host_table(table));
+        let link = delete_own_link(plan, index);
+        let table = deleting.join().unwrap_or_else(|_| {
+            Err(NetError::Nft {
+                what: format!("delete table inet {table}"),
+                status: "thread panicked".into(),
+                stderr: String::new(),
+            })
+        });
+        link.and(table.map(|_| ()))
+    })
+}
+
+/// Delete `inet` table `name` of the calling thread's namespace (over
+/// netlink: no `nft` process). `Ok(false)`: there was none.
+fn delete_host_table(name: &str) -> Result<bool, NetError> {
+    let err = |source: io::Error| NetError::Nft {
+        what: format!("delete table inet {name}"),
+        status: "netlink".into(),
+        stderr: source.to_string(),
+    };
+    nfnl::Nfnl::open()
+        .and_then(|mut nl| nl.delete_table(nfnl::FAMILY_INET, name))
+        .map_err(err)
 }
 
 fn delete_own_link(plan: &NetPlan, index: u32) -> Result<(), NetError> {
@@ -775,7 +793,8 @@ fn agent_side_up(plan: &NetPlan, index: u32) -> Result<(), NetError> {
 
 /// Remove the host-side veths and tables of supervisors that are gone
 /// (pid + start time no longer match). Returns one line per removed object.
-/// Tables are skipped when `nft` is not installed (then none can exist).
+/// Tables are listed and deleted over netlink; a kernel without nf_tables
+/// has none to reap.
 pub fn reap_orphans() -> Result<Vec<String>, NetError> {
     let mut removed = Vec::new();
     let mut rtnl = Rtnl::open().map_err(|source| NetError::NetlinkSocket {
@@ -810,11 +829,26 @@ pub fn reap_orphans() -> Result<Vec<String>, NetError> {
             ));
         }
     }
-    let Ok(nft_bin) = nft::locate() else {
-        return Ok(removed);
+    let tables = match nfnl::Nfnl::open().and_then(|mut nl| nl.tables()) {
+        Ok(tables) => tables,
+        // No nf_tables in this kernel: no table can exist.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EPROTONOSUPPORT | libc::ENOENT)
+            ) =>
+        {
+            Vec::new()
+        }
+        Err(source) => {
+            return Err(NetError::Dump {
+                what: "nf_tables tables",
+                source,
+            })
+        }
     };
-    for (family, name) in nft::list_tables(&nft_bin)? {
-        if family != "inet" {
+    for (family, name) in tables {
+        if family != nfnl::FAMILY_INET {
             continue;
         }
         let Some((_, owner)) = parse_host_table_name(&name) else {
@@ -823,11 +857,12 @@ pub fn reap_orphans() -> Result<Vec<String>, NetError> {
         if owner.alive() {
             continue;
         }
-        nft::apply(&nft_bin, &delete_table_script(&name), "delete orphan table")?;
-        removed.push(format!(
-            "nft table inet {name} of dead supervisor {}",
-            owner.pid
-        ));
+        if delete_host_table(&name)? {
+            removed.push(format!(
+                "nft table inet {name} of dead supervisor {}",
+                owner.pid
+            ));
+        }
     }
     Ok(removed)
 }

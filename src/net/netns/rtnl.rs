@@ -46,6 +46,25 @@ pub struct Addr4 {
     pub prefix_len: u8,
 }
 
+/// A netlink socket of `protocol`, talking to the kernel, in the calling
+/// thread's network namespace.
+pub(super) fn kernel_socket(protocol: isize) -> io::Result<Socket> {
+    let mut socket = Socket::new(protocol)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    Ok(socket)
+}
+
+/// Receive one datagram, whole, whatever its size.
+pub(super) fn recv_datagram(socket: &mut Socket) -> io::Result<Vec<u8>> {
+    let mut probe: Vec<u8> = Vec::with_capacity(64);
+    let len = socket.recv(&mut probe, libc::MSG_PEEK | libc::MSG_TRUNC)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(len.max(64));
+    let got = socket.recv(&mut buf, 0)?;
+    buf.truncate(got);
+    Ok(buf)
+}
+
 /// A NETLINK_ROUTE socket bound to the calling thread's network namespace.
 pub struct Rtnl {
     socket: Socket,
@@ -54,10 +73,10 @@ pub struct Rtnl {
 
 impl Rtnl {
     pub fn open() -> io::Result<Self> {
-        let mut socket = Socket::new(NETLINK_ROUTE)?;
-        socket.bind_auto()?;
-        socket.connect(&SocketAddr::new(0, 0))?;
-        Ok(Self { socket, seq: 0 })
+        Ok(Self {
+            socket: kernel_socket(NETLINK_ROUTE)?,
+            seq: 0,
+        })
     }
 
     fn send(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<u32> {
@@ -79,13 +98,7 @@ impl Rtnl {
     /// Receive one datagram (whole, whatever its size) and decode the
     /// netlink messages it carries.
     fn recv(&mut self) -> io::Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
-        let mut probe: Vec<u8> = Vec::with_capacity(64);
-        let len = self
-            .socket
-            .recv(&mut probe, libc::MSG_PEEK | libc::MSG_TRUNC)?;
-        let mut buf: Vec<u8> = Vec::with_capacity(len.max(64));
-        let got = self.socket.recv(&mut buf, 0)?;
-        buf.truncate(got);
+        let buf = recv_datagram(&mut self.socket)?;
         let mut out = Vec::new();
         let mut offset = 0usize;
         while offset + 16 <= buf.len() {

@@ -153,27 +153,6 @@ fn agent_ruleset_rejects_all_but_the_proxy() {
 }
 
 #[test]
-fn table_list_parsing() {
-    let text = "table inet filter\ntable ip nat\ntable inet vallignus_0001_1_2_0000abcd\n\n";
-    assert_eq!(
-        nft::parse_table_list(text),
-        vec![
-            ("inet".to_owned(), "filter".to_owned()),
-            ("ip".to_owned(), "nat".to_owned()),
-            ("inet".to_owned(), "vallignus_0001_1_2_0000abcd".to_owned()),
-        ]
-    );
-}
-
-#[test]
-fn delete_script_is_idempotent_form() {
-    assert_eq!(
-        delete_table_script("t"),
-        "add table inet t\ndelete table inet t\n"
-    );
-}
-
-#[test]
 fn missing_nft_is_a_clear_error() {
     use std::os::unix::fs::PermissionsExt;
     let empty = tempfile::tempdir().unwrap();
