@@ -73,9 +73,9 @@ impl Journal {
         }
     }
 
-    /// Write and hash the event chain in a thread of its own from now on
-    /// (call after the fork: the supervisor must be single-threaded until
-    /// then).
+    /// Write the event chain and the raw logs on threads of their own from
+    /// now on (call after the fork: the supervisor must be single-threaded
+    /// until then).
     pub fn spawn_thread(&mut self) -> io::Result<()> {
         match &mut self.writer {
             Some(w) => w.spawn_thread(),
