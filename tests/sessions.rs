@@ -212,3 +212,51 @@ fn replay_realtime_takes_the_recorded_time() {
     let o = h.run(&["replay", "20250124-153045-a1b2c3", "--speed", "0"]);
     assert_eq!(code(&o), 2, "speed 0 is a usage error");
 }
+
+/// Unmounts a test's tmpfs (lazily, so a failing test cannot leave it).
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Tier 2 (root, for a small tmpfs): when the disk under the sessions
+/// fills up, the run ends with `recording_failed` (exit 125) and the
+/// message names the session file and the cause; nothing panics.
+#[test]
+fn a_full_disk_ends_the_run_and_names_the_file() {
+    let test = "a_full_disk_ends_the_run_and_names_the_file";
+    if !common::is_root() {
+        common::skip(test, "needs root to mount a small tmpfs");
+        return;
+    }
+    let h = Home::new();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
+        .arg(h.path())
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount tmpfs failed");
+    let _guard = Mounted(h.path().to_path_buf());
+    let out = h.run(&[
+        "run",
+        "-q",
+        "--",
+        "sh",
+        "-c",
+        "yes 0123456789012345678901234567890123456789 | head -c 8000000",
+    ]);
+    let err = common::stderr(&out);
+    assert_eq!(common::code(&out), 125, "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        err.contains("stdout.log") || err.contains("events.jsonl"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -98,14 +98,24 @@ impl<W: Write> EventSink<W> {
             self.prev = state.finish(&batch.bytes[pos + state.absorbed() as usize..line_end]);
             pos = line_end + 1;
         }
-        self.events.write_all(&batch.bytes)?;
+        self.events
+            .write_all(&batch.bytes)
+            .map_err(|e| in_file("events.jsonl", e))?;
         batch.bytes.clear();
         Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.events.flush()
+        self.events.flush().map_err(|e| in_file("events.jsonl", e))
     }
+}
+
+/// The raw logs, in [`Stream::index`] order.
+const LOG_NAMES: [&str; 2] = ["stdout.log", "stderr.log"];
+
+/// `e`, saying which session file it happened to.
+fn in_file(name: &str, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{name}: {e}"))
 }
 
 /// The raw output logs and the running hashes of what was written to them.
@@ -118,7 +128,9 @@ impl<W: Write> RawLogs<W> {
     fn write(&mut self, raw: &mut RawBatch) -> io::Result<()> {
         for (i, bytes) in raw.iter_mut().enumerate() {
             if !bytes.is_empty() {
-                self.files[i].write_all(bytes)?;
+                self.files[i]
+                    .write_all(bytes)
+                    .map_err(|e| in_file(LOG_NAMES[i], e))?;
                 self.hashes[i].update(&*bytes);
                 bytes.clear();
             }
@@ -127,8 +139,8 @@ impl<W: Write> RawLogs<W> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        for f in &mut self.files {
-            f.flush()?;
+        for (f, name) in self.files.iter_mut().zip(LOG_NAMES) {
+            f.flush().map_err(|e| in_file(name, e))?;
         }
         Ok(())
     }
@@ -136,11 +148,13 @@ impl<W: Write> RawLogs<W> {
 
 /// A thread that owns `S` and hands every item sent to it to `step`; used
 /// items come back through `recycle` for reuse. At the end (the sender
-/// dropped) it calls `end` and returns `S`.
+/// dropped) it calls `end` and returns `S`. A failed step stops the thread;
+/// the next `send` returns that step's error.
 struct Worker<T, S> {
     tx: std::sync::mpsc::SyncSender<T>,
     recycle: std::sync::mpsc::Receiver<T>,
-    handle: std::thread::JoinHandle<io::Result<S>>,
+    /// `None` once joined after a failure.
+    handle: Option<std::thread::JoinHandle<io::Result<S>>>,
 }
 
 impl<T: Send + 'static, S: Send + 'static> Worker<T, S> {
@@ -166,20 +180,31 @@ impl<T: Send + 'static, S: Send + 'static> Worker<T, S> {
         Ok(Self {
             tx,
             recycle,
-            handle,
+            handle: Some(handle),
         })
     }
 
     /// Hand `item` over; returns an item to fill next (a used one, or `fresh`).
-    fn send(&self, item: T, fresh: impl FnOnce() -> T) -> io::Result<T> {
+    fn send(&mut self, item: T, fresh: impl FnOnce() -> T) -> io::Result<T> {
         let next = self.recycle.try_recv().unwrap_or_else(|_| fresh());
-        self.tx.send(item).map_err(|_| writer_error())?;
+        if self.tx.send(item).is_err() {
+            // The thread stopped: say why (once), then just that it did.
+            return Err(
+                match self.handle.take().map(std::thread::JoinHandle::join) {
+                    Some(Ok(Err(e))) => e,
+                    _ => writer_error(),
+                },
+            );
+        }
         Ok(next)
     }
 
     fn finish(self) -> io::Result<S> {
         drop(self.tx);
-        self.handle.join().map_err(|_| writer_error())?
+        match self.handle {
+            Some(handle) => handle.join().map_err(|_| writer_error())?,
+            None => Err(writer_error()),
+        }
     }
 }
 

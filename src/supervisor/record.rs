@@ -88,9 +88,12 @@ impl Record {
     pub fn finish(mut self, status: Status) -> Result<FinalSync, SessionError> {
         self.meta.status = Some(status);
         self.meta.finished_at_iso = Some(now_iso());
-        let result = save_meta_with(&self.dir, &self.meta, false);
+        // If the final session.json cannot be written (a full disk), the
+        // running marker stays: the next start finds the supervisor gone
+        // and marks the session interrupted, instead of it reading
+        // "running" forever.
+        save_meta_with(&self.dir, &self.meta, false)?;
         self.store.clear_running(&self.meta.session_id);
-        result?;
         let path = self.dir.join("session.json");
         let sync = {
             let path = path.clone();

@@ -124,7 +124,13 @@ impl Loop<'_> {
         if self.violation.is_some() {
             return;
         }
-        self.note(&v.describe());
+        if matches!(v, Violation::RecordingFailed(_)) {
+            // Even with --quiet: the exit code (125) alone would not say
+            // that the session is incomplete, or why.
+            eprintln!("vallignus: error: {}", v.describe());
+        } else {
+            self.note(&v.describe());
+        }
         let event = Event::RunTerminated {
             reason: v.reason().into(),
             limit_value: v.limit_value(),
