@@ -317,8 +317,12 @@ fn only_the_proxy_is_reachable_and_teardown_removes_everything() {
         .output()
         .unwrap();
     let me = Owner::current().unwrap();
-    assert!(String::from_utf8_lossy(&alias.stdout)
-        .contains(&format!("owner={}:{}", me.pid, me.start_time)));
+    let host_link = String::from_utf8_lossy(&alias.stdout).into_owned();
+    assert!(host_link.contains(&format!("owner={}:{}", me.pid, me.start_time)));
+    // Both ends have loopback's packet size (the pair is local traffic only).
+    assert!(host_link.contains("mtu 65535"), "{host_link}");
+    let agent_link = child.exec(&["ip", "link", "show", "dev", &plan.agent_if]);
+    assert!(agent_link.contains("mtu 65535"), "{agent_link}");
     assert!(host_tables().contains(handle.host_table()));
 
     let table = handle.host_table().to_owned();

@@ -25,6 +25,12 @@ use netlink_packet_route::link::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
+/// MTU of both ends of a run's veth: the pair only ever carries traffic
+/// between two sockets of this machine, so it gets loopback's size (fewer,
+/// larger packets per byte; the agent's traffic to the outside world is the
+/// proxy's own, on the host's interfaces).
+pub const VETH_MTU: u32 = 65_535;
+
 /// One link as seen in a dump.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
@@ -258,8 +264,10 @@ impl Rtnl {
         peer_msg
             .attributes
             .push(LinkAttribute::NetNsFd(peer_ns.as_raw_fd()));
+        peer_msg.attributes.push(LinkAttribute::Mtu(VETH_MTU));
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(host.to_owned()));
+        msg.attributes.push(LinkAttribute::Mtu(VETH_MTU));
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
