@@ -10,7 +10,7 @@
 //! end (where the proxy listens, port [`DEFAULT_PROXY_PORT`]), `.2` the agent
 //! end, `.3` the broadcast address. The host-side veth of slot `s` is named
 //! `vlg<s as 4 hex>h` and the agent side `vlg<s as 4 hex>a`. Both ends
-//! have loopback's MTU ([`rtnl::VETH_MTU`]): the pair carries only local
+//! have loopback's MTU (`rtnl::VETH_MTU`, 65535): the pair carries only local
 //! traffic, and larger packets cut the per-byte cost of a tunnel.
 //!
 //! [`plan`] is pure: slot = (first 32 bits of SHA-256(run id) + index) mod
