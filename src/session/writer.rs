@@ -13,8 +13,10 @@
 //!   each log for the seal (so a log of gigabytes is not read back and
 //!   hashed after the agent has exited).
 //!
-//! Until [`EventWriter::spawn_thread`] (the supervisor forks first) and in
-//! tests, the same work is done in the calling thread.
+//! The threads start with the first full batch after
+//! [`EventWriter::allow_threads`] (the supervisor forks first); before that,
+//! and for a run with little output, the same work is done in the calling
+//! thread at each flush.
 //!
 //! Flushing never waits for the writer threads: it hands over what is
 //! batched and returns. A supervisor killed with SIGKILL loses at most the
@@ -256,6 +258,8 @@ pub struct EventWriter<W: Write + Send + 'static> {
     prefix_state: [Midstate; 2],
     /// Whether raw output is kept (made with [`EventWriter::with_logs`]).
     has_logs: bool,
+    /// See [`EventWriter::allow_threads`].
+    threads_allowed: bool,
 }
 
 fn writer_error() -> io::Error {
@@ -278,6 +282,7 @@ impl<W: Write + Send + 'static> EventWriter<W> {
     fn with_files(events: W, logs: Option<[W; 2]>, session_id: &str, start: Instant) -> Self {
         let mut w = Self {
             has_logs: logs.is_some(),
+            threads_allowed: false,
             backend: Backend::Inline {
                 events: EventSink {
                     events,
@@ -302,11 +307,23 @@ impl<W: Write + Send + 'static> EventWriter<W> {
         w
     }
 
-    /// Move the hashing and writing to threads of their own, from now on.
-    /// Called by the supervisor after the fork (which needs a
-    /// single-threaded process); a no-op if already threaded.
-    pub fn spawn_thread(&mut self) -> io::Result<()> {
-        self.send_batch()?;
+    /// Let the writer move its hashing and writing to threads of their own
+    /// from now on, once there is enough of it (the first full batch): a
+    /// run with little output never starts them. Called by the supervisor
+    /// after the fork (which needs a single-threaded process).
+    pub fn allow_threads(&mut self) {
+        self.threads_allowed = true;
+    }
+
+    /// Whether the writer threads are running (for tests).
+    #[cfg(test)]
+    fn threaded(&self) -> bool {
+        matches!(self.backend, Backend::Thread { .. })
+    }
+
+    /// Move the hashing and writing to threads of their own; a no-op if
+    /// already threaded.
+    fn start_threads(&mut self) -> io::Result<()> {
         let (events, logs) = match std::mem::replace(&mut self.backend, Backend::Done) {
             Backend::Inline { events, logs } => (events, logs),
             other => {
@@ -399,6 +416,9 @@ impl<W: Write + Send + 'static> EventWriter<W> {
     fn send_if_full(&mut self) -> io::Result<()> {
         let len = self.batch.bytes.len() + self.raw[0].len() + self.raw[1].len();
         if len >= BATCH_BYTES {
+            if self.threads_allowed && matches!(self.backend, Backend::Inline { .. }) {
+                self.start_threads()?;
+            }
             self.send_batch()?;
         }
         Ok(())
@@ -632,7 +652,8 @@ mod tests {
             cwd: "/".into(),
         })
         .unwrap();
-        w.spawn_thread().unwrap();
+        w.allow_threads();
+        assert!(!w.threaded(), "threads start only once a batch fills");
         let (mut out, mut err) = (Vec::new(), Vec::new());
         // Enough to fill several batches, with flushes in between.
         for i in 0..20_000u32 {
@@ -656,6 +677,7 @@ mod tests {
                 w.stamp();
             }
         }
+        assert!(w.threaded());
         let count = w.count();
         let finished = w.finish().unwrap();
         drop(finished.events);

@@ -73,13 +73,12 @@ impl Journal {
         }
     }
 
-    /// Write the event chain and the raw logs on threads of their own from
-    /// now on (call after the fork: the supervisor must be single-threaded
-    /// until then).
-    pub fn spawn_thread(&mut self) -> io::Result<()> {
-        match &mut self.writer {
-            Some(w) => w.spawn_thread(),
-            None => Ok(()),
+    /// Let the event chain and the raw logs move to threads of their own
+    /// once there is enough output (call after the fork: the supervisor
+    /// must be single-threaded until then).
+    pub fn allow_threads(&mut self) {
+        if let Some(w) = &mut self.writer {
+            w.allow_threads();
         }
     }
 

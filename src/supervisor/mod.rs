@@ -451,14 +451,10 @@ fn run_session(
     let _ = journal.emit(&Event::ProcessStarted { pid: child.pid });
 
     // 8. Supervise. Threads may exist from here on: the terminal writer,
-    //    and the event chain's hasher/writer (a second core for recording).
+    //    and, once the output fills a batch, the session writer's (the
+    //    other core records; a run with little output never starts them).
     let mut console = Console::start().map_err(RunError::Console)?;
-    if let Err(e) = journal.spawn_thread() {
-        note(
-            policy,
-            &format!("cannot start the event writer thread: {e}"),
-        );
-    }
+    journal.allow_threads();
     let mut recorder = Recorder::new(OutputCaps {
         max_lines: policy.max_output_lines,
         max_bytes: policy.max_output_bytes,
