@@ -514,6 +514,8 @@ fn compare_events(w: &Walk, seal: &Seal, findings: &mut Vec<Finding>) {
 
 /// The sealed files' hashes against the seal.
 fn compare_files(dir: &Path, seal: &Seal, findings: &mut Vec<Finding>) {
+    let mut changed = Vec::new();
+    let mut meta_intact = false;
     for name in SEALED_FILES {
         let Some(expected) = seal.files.get(name) else {
             findings.push(Finding::file(
@@ -524,12 +526,8 @@ fn compare_files(dir: &Path, seal: &Seal, findings: &mut Vec<Finding>) {
             continue;
         };
         match seal::hash_file(&dir.join(name)) {
-            Ok(h) if &h == expected => {}
-            Ok(_) => findings.push(Finding::file(
-                FindingKind::FileHashMismatch,
-                name,
-                "hash differs from the seal (the file was changed after sealing)",
-            )),
+            Ok(h) if &h == expected => meta_intact |= name == "session.json",
+            Ok(_) => changed.push(name),
             Err(e) if e.kind() == io::ErrorKind::NotFound => findings.push(Finding::file(
                 FindingKind::FileMissing,
                 name,
@@ -541,6 +539,38 @@ fn compare_files(dir: &Path, seal: &Seal, findings: &mut Vec<Finding>) {
                 format!("cannot read: {e}"),
             )),
         }
+    }
+    // A session.json that matches its seal says how many bytes each log
+    // had: a shorter log was cut (or its end never reached the disk before
+    // a crash: the logs are not flushed at the end of a run), a longer one
+    // was appended to.
+    let recorded = |name: &str| -> Option<u64> {
+        let key = match name {
+            "stdout.log" => "stdout_bytes",
+            "stderr.log" => "stderr_bytes",
+            _ => return None,
+        };
+        let text = std::fs::read(dir.join("session.json")).ok()?;
+        serde_json::from_slice::<serde_json::Value>(&text)
+            .ok()?
+            .get(key)?
+            .as_u64()
+    };
+    for name in changed {
+        let size = std::fs::metadata(dir.join(name)).map(|m| m.len()).ok();
+        let what = match (meta_intact.then(|| recorded(name)).flatten(), size) {
+            (Some(want), Some(have)) if have < want => format!(
+                "hash differs from the seal: it holds {have} of the {want} bytes recorded (cut \
+                 short after sealing, or its end never reached the disk before a crash)"
+            ),
+            (Some(want), Some(have)) if have > want => format!(
+                "hash differs from the seal: it holds {have} bytes, {} more than recorded \
+                 (appended to after sealing)",
+                have - want
+            ),
+            _ => "hash differs from the seal (the file was changed after sealing)".to_string(),
+        };
+        findings.push(Finding::file(FindingKind::FileHashMismatch, name, what));
     }
 }
 
@@ -598,7 +628,11 @@ mod tests {
             let last = w.finish().unwrap().last_hash;
             std::fs::write(dir.path().join("stdout.log"), b"out\n").unwrap();
             std::fs::write(dir.path().join("stderr.log"), b"err\n").unwrap();
-            std::fs::write(dir.path().join("session.json"), b"{\"a\": 1}\n").unwrap();
+            std::fs::write(
+                dir.path().join("session.json"),
+                b"{\"a\": 1, \"stdout_bytes\": 4, \"stderr_bytes\": 4}\n",
+            )
+            .unwrap();
             let key = SigningKey::from_bytes(&[9u8; 32]);
             let kid = crate::auth::ids::kid_for_public_key(&key.verifying_key().to_bytes());
             seal::seal(dir.path(), SID, &last, count, &kid, &key, SystemTime::now()).unwrap();
@@ -649,6 +683,34 @@ mod tests {
         assert!(v.sealed);
         assert_eq!(v.event_count, 7);
         assert_eq!(v.kid.as_deref(), Some(f.kid.as_str()));
+    }
+
+    #[test]
+    fn a_cut_or_grown_log_says_so() {
+        let f = Fixture::new(2);
+        std::fs::write(f.path("stdout.log"), b"ou").unwrap();
+        std::fs::write(f.path("stderr.log"), b"err\nmore").unwrap();
+        assert_eq!(
+            f.messages(),
+            vec![
+                "stdout.log: hash differs from the seal: it holds 2 of the 4 bytes recorded (cut \
+                 short after sealing, or its end never reached the disk before a crash)"
+                    .to_string(),
+                "stderr.log: hash differs from the seal: it holds 8 bytes, 4 more than recorded \
+                 (appended to after sealing)"
+                    .to_string(),
+            ]
+        );
+        // With session.json changed too, its counts are not trusted.
+        flip_byte(&f.path("session.json"), 1);
+        let m = f.messages();
+        assert!(
+            m.contains(
+                &"stdout.log: hash differs from the seal (the file was changed after sealing)"
+                    .to_string()
+            ),
+            "{m:?}"
+        );
     }
 
     #[test]
