@@ -544,21 +544,21 @@ fn compare_files(dir: &Path, seal: &Seal, findings: &mut Vec<Finding>) {
     // had: a shorter log was cut (or its end never reached the disk before
     // a crash: the logs are not flushed at the end of a run), a longer one
     // was appended to.
+    let meta: Option<serde_json::Value> = (meta_intact && !changed.is_empty())
+        .then(|| std::fs::read(dir.join("session.json")).ok())
+        .flatten()
+        .and_then(|text| serde_json::from_slice(&text).ok());
     let recorded = |name: &str| -> Option<u64> {
         let key = match name {
             "stdout.log" => "stdout_bytes",
             "stderr.log" => "stderr_bytes",
             _ => return None,
         };
-        let text = std::fs::read(dir.join("session.json")).ok()?;
-        serde_json::from_slice::<serde_json::Value>(&text)
-            .ok()?
-            .get(key)?
-            .as_u64()
+        meta.as_ref()?.get(key)?.as_u64()
     };
     for name in changed {
         let size = std::fs::metadata(dir.join(name)).map(|m| m.len()).ok();
-        let what = match (meta_intact.then(|| recorded(name)).flatten(), size) {
+        let what = match (recorded(name), size) {
             (Some(want), Some(have)) if have < want => format!(
                 "hash differs from the seal: it holds {have} of the {want} bytes recorded (cut \
                  short after sealing, or its end never reached the disk before a crash)"

@@ -251,10 +251,9 @@ pub struct EventWriter<W: Write + Send + 'static> {
     /// stream, rebuilt at every stamp: the constant part of a line event.
     line_prefix: [Vec<u8>; 2],
     /// For each stream, the SHA-256 state after the whole 64-byte blocks of
-    /// its line prefix: every line event of a
-    /// chunk starts with the same bytes, so their first block is compressed
-    /// once per chunk, not once per line (a fifth of the hashing of a
-    /// 100-byte line).
+    /// its line prefix: every line event of a chunk starts with the same
+    /// bytes, so their first block is compressed once per chunk, not once
+    /// per line (a fifth of the hashing of a 100-byte line).
     prefix_state: [Midstate; 2],
     /// Whether raw output is kept (made with [`EventWriter::with_logs`]).
     has_logs: bool,

@@ -1,5 +1,5 @@
 //! The session files a run writes while it runs: `events.jsonl` and the two
-//! raw logs, all through one [`EventWriter`] (whose thread writes them).
+//! raw logs, all through one [`EventWriter`] (whose threads write them).
 //! With `--no-session` the journal is empty and every write is a no-op, so
 //! the rest of the supervisor does not care.
 //!
@@ -15,14 +15,6 @@ use crate::session::{Event, EventWriter, Stream};
 
 pub struct Journal {
     writer: Option<EventWriter<File>>,
-}
-
-/// What the seal needs from a finished journal.
-pub struct JournalEnd {
-    /// Hex SHA-256 of the last event line.
-    pub last_event_hash: String,
-    /// Hex SHA-256 of `stdout.log` and `stderr.log` as written.
-    pub log_hashes: Option<[String; 2]>,
 }
 
 impl Journal {
@@ -82,22 +74,11 @@ impl Journal {
         }
     }
 
-    /// Write out everything and stop the writer thread. Returns the hashes
-    /// the seal needs, if recording.
-    pub fn finish(&mut self) -> io::Result<Option<JournalEnd>> {
+    /// Write out everything and stop the writer threads. Returns what the
+    /// seal needs (the last event's hash, the logs' hashes), if recording.
+    pub fn finish(&mut self) -> io::Result<Option<Finished<File>>> {
         match &mut self.writer {
-            Some(w) => w.finish().map(
-                |Finished {
-                     last_hash,
-                     log_hashes,
-                     ..
-                 }| {
-                    Some(JournalEnd {
-                        last_event_hash: last_hash,
-                        log_hashes,
-                    })
-                },
-            ),
+            Some(w) => w.finish().map(Some),
             None => Ok(None),
         }
     }

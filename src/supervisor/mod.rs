@@ -1212,7 +1212,7 @@ fn seal_session(
     home: &std::path::Path,
     dir: &std::path::Path,
     id: &str,
-    chain: Option<&journal::JournalEnd>,
+    chain: Option<&crate::session::writer::Finished<std::fs::File>>,
     events: u64,
     sync: record::FinalSync,
 ) {
@@ -1222,7 +1222,7 @@ fn seal_session(
     // never leave a durable seal over a session.json that is not.
     let prepared = chain.ok_or(SealError::NoChain).and_then(|chain| {
         let end = crate::session::seal::ChainEnd {
-            last_event_hash: &chain.last_event_hash,
+            last_event_hash: &chain.last_hash,
             event_count: events,
             log_hashes: chain.log_hashes.as_ref(),
         };

@@ -36,25 +36,12 @@ const NFT_MSG_DELTABLE: u16 = 2;
 const NFTA_TABLE_NAME: u16 = 1;
 
 /// `NFPROTO_UNSPEC`: every family (in a dump).
-pub const FAMILY_ANY: u8 = 0;
+const FAMILY_ANY: u8 = 0;
 /// `NFPROTO_INET`: the `inet` family of vallignus's tables.
 pub const FAMILY_INET: u8 = 1;
 
 const HEADER: usize = 16;
 const NFGEN: usize = 4;
-
-/// The name nft gives a family (as in `nft list tables`).
-pub fn family_name(family: u8) -> &'static str {
-    match family {
-        1 => "inet",
-        2 => "ip",
-        3 => "arp",
-        5 => "netdev",
-        7 => "bridge",
-        10 => "ip6",
-        _ => "unknown",
-    }
-}
 
 fn nft_type(msg: u16) -> u16 {
     (NFNL_SUBSYS_NFTABLES << 8) | msg
