@@ -22,17 +22,7 @@ fn sigkilled_supervisor_is_cleaned_up_by_the_next_start() {
     let id_file = h.path().join("id");
     let script = format!("sleep {m} & sleep {m}");
     let mut child = h
-        .cmd()
-        .args([
-            "run",
-            "-q",
-            "--session-id-file",
-            id_file.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
+        .run_sh(&[], &id_file, &script)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

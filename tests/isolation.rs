@@ -309,19 +309,7 @@ fn sigterm_handler_runs_at_teardown_in_a_pid_namespace() {
     let id_file = h.path().join("id");
     let script = "trap 'echo got TERM; exit 5' TERM; echo ready; while :; do sleep 0.05; done";
     let child = h
-        .cmd()
-        .args([
-            "run",
-            "-q",
-            "--isolation",
-            "standard",
-            "--session-id-file",
-            id_file.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
+        .run_sh(&["--isolation", "standard"], &id_file, script)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -231,21 +231,11 @@ fn when_the_proxy_is_gone_the_agent_has_no_network() {
         go = go.display()
     );
     let child = h
-        .cmd()
-        .args([
-            "run",
-            "-q",
-            "--allow-domain",
-            "api.example.test",
-            "--resolve",
-            &resolve,
-            "--session-id-file",
-            id_file.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
+        .run_sh(
+            &["--allow-domain", "api.example.test", "--resolve", &resolve],
+            &id_file,
             &script,
-        ])
+        )
         .current_dir(h.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

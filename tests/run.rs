@@ -451,17 +451,7 @@ fn sigint_to_vallignus_ends_the_run() {
     let id_file = h.path().join("id");
     let script = format!("sleep {m} & sleep {m}");
     let child = h
-        .cmd()
-        .args([
-            "run",
-            "-q",
-            "--session-id-file",
-            id_file.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
+        .run_sh(&[], &id_file, &script)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -152,22 +152,13 @@ fn fork_bomb_is_contained_by_pids_max() {
     // to /dev/null: every failed fork prints an error.
     let script = format!("b() {{ b | b & }}; b 2>/dev/null; exec sleep {m}");
     let baseline = task_count();
+    let (pids_max, runtime) = (PIDS_MAX.to_string(), format!("{RUNTIME_MS}ms"));
     let child = h
-        .cmd()
-        .args([
-            "run",
-            "-q",
-            "--pids-max",
-            &PIDS_MAX.to_string(),
-            "--max-runtime",
-            &format!("{RUNTIME_MS}ms"),
-            "--session-id-file",
-            id_file.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
+        .run_sh(
+            &["--pids-max", &pids_max, "--max-runtime", &runtime],
+            &id_file,
             &script,
-        ])
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -49,6 +49,19 @@ impl Home {
         output_with_timeout(self.cmd().args(args), Duration::from_secs(60))
     }
 
+    /// `vallignus run -q FLAGS --session-id-file ID_FILE -- sh -c SCRIPT`,
+    /// for a run started in the background (the caller sets stdio and
+    /// spawns; [`wait_for_event`] follows it through `id_file`).
+    pub fn run_sh(&self, flags: &[&str], id_file: &Path, script: &str) -> Command {
+        let mut c = self.cmd();
+        c.args(["run", "-q"])
+            .args(flags)
+            .arg("--session-id-file")
+            .arg(id_file)
+            .args(["--", "sh", "-c", script]);
+        c
+    }
+
     pub fn sessions_dir(&self) -> PathBuf {
         self.path().join("sessions")
     }
