@@ -36,7 +36,7 @@ fn doctor_reports_every_layer() {
         "landlock",
         "seccomp",
         "nft",
-        "veth",
+        "proxy namespace",
     ] {
         assert!(check(&report, name)["detail"].as_str().is_some(), "{name}");
     }

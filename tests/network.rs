@@ -1,5 +1,5 @@
 //! The network path end to end: the agent's only way out is the policy
-//! proxy on a veth. Root (tier 2); every target is on this machine: a
+//! proxy, listening on the loopback of the agent's own network namespace. Root (tier 2); every target is on this machine: a
 //! local upstream on 127.0.0.1 that the proxy reaches through `--resolve`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -59,7 +59,8 @@ fn only_the_proxy_is_reachable_and_every_request_is_recorded() {
          curl -s -m 5 -o /dev/null -w '%{{http_code}}\\n' http://evil.example.org:{port}/; \
          curl -s -m 3 --noproxy '*' -o /dev/null -w 'direct %{{http_code}}\\n' http://127.0.0.1:{port}/; \
          curl -s -m 3 --noproxy '*' -o /dev/null -w 'other %{{http_code}}\\n' http://127.0.0.1:{other_port}/; \
-         curl -s -m 5 -o /dev/null -w 'spoof %{{http_code}}\\n' -H 'Host: evil.example.org' http://api.example.test:{port}/"
+         curl -s -m 5 -o /dev/null -w 'spoof %{{http_code}}\\n' -H 'Host: evil.example.org' http://api.example.test:{port}/; \
+         echo \"netns $(readlink /proc/self/ns/net)\""
     );
     let t = std::time::Instant::now();
     let o = h.run(&[
@@ -98,7 +99,7 @@ fn only_the_proxy_is_reachable_and_every_request_is_recorded() {
     assert!(s["enforcement"]["network"]["detail"]
         .as_str()
         .unwrap()
-        .starts_with("proxy at 10.213."));
+        .starts_with("proxy at 127.0.0.1:61213 in the agent's namespace"));
     let reqs: Vec<serde_json::Value> = h
         .events()
         .into_iter()
@@ -110,16 +111,48 @@ fn only_the_proxy_is_reachable_and_every_request_is_recorded() {
     assert_eq!(reqs[0]["path"], "/v1/x", "the query is not recorded");
     assert_eq!(reqs[1]["reason"], "domain_not_allowed");
     assert_eq!(reqs[2]["reason"], "host_header_mismatch");
-    // Nothing of the run's network is left.
-    let links = std::process::Command::new("ip")
-        .args(["-o", "link"])
-        .output()
-        .unwrap();
-    let sid = s["session_id"].as_str().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&links.stdout).contains(sid),
-        "veth left behind"
+    // Nothing of the run's network is left: no process is in its namespace
+    // (the supervisor's listening socket, the only other reference, closed
+    // when it exited), and the host has no object of it.
+    let netns = out
+        .lines()
+        .find_map(|l| l.strip_prefix("netns "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(netns.starts_with("net:["), "{out}");
+    assert_ne!(
+        std::fs::read_link("/proc/self/ns/net")
+            .unwrap()
+            .to_string_lossy(),
+        netns
     );
+    assert_eq!(processes_in_netns(netns), Vec::<u32>::new());
+}
+
+/// Pids of the processes whose network namespace is `netns` (`net:[inode]`).
+fn processes_in_netns(netns: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|l| l.to_string_lossy() == netns)
+        })
+        .collect()
+}
+
+/// A process (other than vallignus itself) whose command line contains
+/// `marker`, in a network namespace other than ours: the run's agent.
+fn agent_with(marker: &str) -> u32 {
+    let ours = std::fs::read_link("/proc/self/ns/net").unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(marker)
+                && std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|l| l != ours)
+        })
+        .unwrap_or_else(|| panic!("no agent process with {marker} in its command line"))
 }
 
 #[test]
@@ -251,10 +284,14 @@ fn when_the_proxy_is_gone_the_agent_has_no_network() {
         .and_then(|rest| rest.split('"').next())
         .unwrap()
         .to_string();
-    // Kill the proxy's listening socket from outside (SOCK_DESTROY), as if
-    // the proxy had died: nothing listens at its address any more.
-    let ss = std::process::Command::new("ss")
-        .args(["-K", "-t", "state", "listening", "src", &proxy])
+    assert_eq!(proxy, "127.0.0.1:61213");
+    // Kill the proxy's listening socket from outside (SOCK_DESTROY, in the
+    // agent's namespace, where it is), as if the proxy had died: nothing
+    // listens at its address any more.
+    let agent = agent_with(&go.display().to_string());
+    let ss = std::process::Command::new("nsenter")
+        .args(["-t", &agent.to_string(), "-n", "--"])
+        .args(["ss", "-K", "-t", "state", "listening", "src", &proxy])
         .output()
         .unwrap();
     assert!(

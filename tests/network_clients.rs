@@ -2,7 +2,7 @@
 //! Node's fetch, the libc resolver, openssl's CONNECT, and two runs at once.
 //! Root (tier 2). Every target is on this machine: upstreams listen on
 //! 127.0.0.1 and the proxy reaches them through `--resolve`; from inside the
-//! agent, only 127.0.0.1 and the run's own veth addresses are ever dialled.
+//! agent, only its own 127.0.0.1 (where the proxy listens) is ever dialled.
 //! A missing client (python module, node, openssl) skips with a reason.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -448,7 +448,7 @@ fn dns_from_inside_gets_no_answer_and_fails_fast() {
     assert_eq!(code(&o), 0, "{}\n{}", stdout(&o), stderr(&o));
     let out = stdout(&o);
     let proxy_host = line(&out, "proxy ").trim_start_matches("proxy ");
-    assert!(proxy_host.starts_with("10.213."), "{out}");
+    assert_eq!(proxy_host, "127.0.0.1", "{out}");
     for name in ["proxy_host", "loopback"] {
         let l = line(&out, &format!("{name} "));
         let fields: Vec<&str> = l.split(' ').collect();
@@ -716,6 +716,7 @@ fn concurrent_script(me: &str, other: &str, own: usize, port_me: u16, port_other
         "touch \"$SYNC/{me}\"; i=0; \
          while [ ! -e \"$SYNC/{other}\" ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; \
          [ -e \"$SYNC/{other}\" ] && echo together; \
+         echo \"netns $(readlink /proc/self/ns/net)\"; \
          for n in $(seq {own}); do curl -s -m 10 http://{me}.test:{port_me}/; echo; done; \
          curl -s -m 10 -o /dev/null -w 'other %{{http_code}}\\n' http://{other}.test:{port_other}/; \
          touch \"$SYNC/{me}.done\"; \
@@ -774,7 +775,7 @@ fn concurrent_runs_have_their_own_network_and_counters() {
     let results: Vec<(Home, std::process::Output)> =
         runs.into_iter().map(|t| t.join().unwrap()).collect();
 
-    let mut proxies = Vec::new();
+    let mut namespaces = Vec::new();
     for ((h, o), &(me, other, own, port_me, _)) in results.iter().zip(plan.iter()) {
         assert_eq!(code(o), 0, "{me}: {}\n{}", stdout(o), stderr(o));
         let out = stdout(o);
@@ -792,12 +793,7 @@ fn concurrent_runs_have_their_own_network_and_counters() {
         assert_eq!(s["allowed_requests"], own, "{me}");
         assert_eq!(s["denied_requests"], 1, "{me}");
         assert_eq!(s["total_requests"], own + 1, "{me}");
-        proxies.push(
-            s["enforcement"]["network"]["detail"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        namespaces.push(line(&out, "netns ").to_owned());
         let mut reqs = net_requests(h);
         assert_eq!(reqs.len(), own + 1, "{me}: {reqs:#?}");
         reqs.sort_by_key(|r| r["host"] != format!("{me}.test"));
@@ -809,7 +805,11 @@ fn concurrent_runs_have_their_own_network_and_counters() {
         assert_eq!(reqs[own]["host"], format!("{other}.test"));
         assert_eq!(reqs[own]["reason"], "domain_not_allowed");
     }
-    assert_ne!(proxies[0], proxies[1], "each run has its own veth");
+    assert!(namespaces[0].starts_with("netns net:["), "{namespaces:?}");
+    assert_ne!(
+        namespaces[0], namespaces[1],
+        "each run has its own network namespace"
+    );
     // Each upstream was reached by its own run only, as often as it asked.
     assert_eq!(ua.seen().len(), 3);
     assert_eq!(ub.seen().len(), 2);

@@ -181,8 +181,8 @@ fn probe_host() -> Host {
             p.display().to_string()
         }),
     ));
-    let veth = probe_veth(&release);
-    checks.push(check("veth", veth.0, veth.1));
+    let netns = probe_proxy_namespace();
+    checks.push(check("proxy namespace", netns.0, netns.1));
     checks.push(check(
         "privileges",
         true,
@@ -195,48 +195,25 @@ fn probe_host() -> Host {
     Host { checks }
 }
 
-/// Whether the kernel can make a veth pair: as root, by making one in a
-/// throwaway network namespace (`unshare -n ip link add`; the namespace and
-/// the pair vanish with the process); otherwise from the module files.
-fn probe_veth(release: &str) -> (bool, String) {
-    if nix::unistd::geteuid().is_root() {
-        if let (Some(unshare), Some(ip)) = (which("unshare"), which("ip")) {
-            let made = std::process::Command::new(unshare)
-                .arg("-n")
-                .arg(ip)
-                .args([
-                    "link", "add", "vdoctor0", "type", "veth", "peer", "name", "vdoctor1",
-                ])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            return if made {
-                (
-                    true,
-                    "available (a pair was made in a throwaway namespace)".into(),
-                )
-            } else {
-                (
-                    false,
-                    "the kernel refused to make a veth pair (CONFIG_VETH?)".into(),
-                )
-            };
-        }
-    }
-    let found = Path::new("/sys/module/veth").exists()
-        || ["veth.ko", "veth.ko.xz", "veth.ko.zst"]
-            .iter()
-            .any(|f| Path::new(&format!("/lib/modules/{release}/kernel/drivers/net/{f}")).exists())
-        || read(&format!("/lib/modules/{release}/modules.builtin"))
-            .is_some_and(|b| b.contains("drivers/net/veth.ko"));
-    if found {
-        (true, "available".into())
-    } else {
-        (
+/// Whether the proxy's network path works: as root, by building it in a
+/// throwaway network namespace (loopback, the nft rules, the listening
+/// socket); otherwise it cannot be tried.
+fn probe_proxy_namespace() -> (bool, String) {
+    if !nix::unistd::geteuid().is_root() {
+        return (
             false,
-            "not found (no module, not listed as built in; as root doctor tries one)".into(),
-        )
+            "not tried: the proxy needs root (it joins the agent's network namespace)".into(),
+        );
+    }
+    match crate::net::netns::probe() {
+        Ok(()) => (
+            true,
+            format!(
+                "loopback, nft rules and a listener on {} in a throwaway namespace",
+                crate::net::netns::PROXY_ADDR
+            ),
+        ),
+        Err(e) => (false, e.to_string()),
     }
 }
 

@@ -7,7 +7,8 @@
 //! - [`tls`]: the run's interception CA, leaves, upstream verification.
 //! - [`spend`]: pricing and the budget ledger (pure); [`credentials`]:
 //!   placeholders and the header rewrite (pure).
-//! - [`netns`]: the agent's network namespace, veth pair and nft rules.
+//! - [`netns`]: the agent's network namespace (loopback only), its nft rules
+//!   and the proxy's listening socket inside it.
 //!
 //! Invariant: the proxy never dials an address that [`decide`] did not vet.
 

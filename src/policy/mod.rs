@@ -82,8 +82,8 @@ impl Default for RunPolicy {
 pub enum NetMode {
     /// Its own network namespace with only loopback.
     None,
-    /// Its own network namespace whose only way out is a veth to the
-    /// policy proxy (needs root).
+    /// Its own network namespace with only loopback, where the policy
+    /// proxy listens: its only way out (needs root).
     #[default]
     Proxy,
     /// The host's network, unfiltered (explicit opt-in, recorded).

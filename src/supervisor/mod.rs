@@ -398,8 +398,8 @@ fn run_session(
     };
 
     // Parent side of the setup, while the child waits: the user
-    // namespace's uid/gid maps; the veth to the policy proxy, its nft
-    // rules, and the proxy itself, listening before the agent starts.
+    // namespace's uid/gid maps; loopback and nft rules in its network
+    // namespace, and the policy proxy listening there before it starts.
     let parent_setup = if plan.namespaces.user {
         spawn::write_id_maps(pending.pid, spawn::IdMap::for_run(plan.run_as))
             .map_err(RunError::from)
@@ -408,7 +408,7 @@ fn run_session(
     };
     let network = parent_setup.and_then(|()| match &policy.network {
         Some(req) if plan.network_mode == Some(NetMode::Proxy) => {
-            start_network(session_id, &pending, req, interception, enforcement).map(Some)
+            start_network(&pending, req, interception, enforcement).map(Some)
         }
         _ => Ok(None),
     });
@@ -505,7 +505,9 @@ fn run_session(
         Containment::ProcessGroup { .. } => None,
     };
     remove_containment(containment, policy);
-    let net_teardown = network.map(|net| stop_network(net, journal, record, policy));
+    if let Some(net) = network {
+        stop_network(net, journal, record);
+    }
 
     // The violation alert, if one was sent: it had the whole teardown to
     // finish, and is waited for until alert::TIMEOUT after it started at
@@ -519,31 +521,26 @@ fn run_session(
         let _ = journal.emit(&event);
     }
 
-    let report = finish(policy, record, journal, &recorder, &outcome, stats, started);
-    if let Some(teardown) = net_teardown {
-        teardown.wait(policy);
-    }
-    Ok(report)
+    Ok(finish(
+        policy, record, journal, &recorder, &outcome, stats, started,
+    ))
 }
 
-/// The run's network while it runs: the veth and nft tables, the proxy,
-/// and what the agent's environment needs to find it.
+/// The run's network while it runs: the proxy (which holds the listening
+/// socket in the agent's namespace), and what the agent's environment needs
+/// to find it.
 struct Network {
-    handle: crate::net::netns::NetHandle,
     proxy: crate::net::proxy::ProxyHandle,
     env: Vec<(String, String)>,
     /// The CA and budget (dropping it removes the agent's CA bundle).
     interception: Option<interception::Interception>,
-    /// The removal of dead supervisors' veths and tables.
-    reaper: Option<std::thread::JoinHandle<Result<Vec<String>, crate::net::netns::NetError>>>,
 }
 
-/// Build the agent's only way out (DESIGN.md "Network path"): a veth pair
-/// into its namespace with nft rules that allow nothing but the proxy, and
-/// the proxy listening on the host end. Fails closed: any error and the
-/// agent does not start.
+/// Build the agent's only way out (see `net::netns`): its namespace has
+/// only loopback, nft rules that reject everything else, and the proxy
+/// listening on that loopback. Fails closed: any error and the agent does
+/// not start.
 fn start_network(
-    session_id: &str,
     pending: &spawn::Pending,
     req: &crate::policy::NetworkRequest,
     interception: Option<interception::Interception>,
@@ -571,15 +568,9 @@ fn start_network(
         .map_err(|e| err("rules", &e))?
         .with_passthrough(passthrough)
         .with_request_rules(req.request_rules.clone());
-    // Veths and nft tables of supervisors that died, removed on a thread
-    // while this run's network is set up (it costs an nft process; runs
-    // without a proxy do not pay for it). Its notes come at the end.
-    let reaper = std::thread::Builder::new()
-        .name("netns-reap".into())
-        .spawn(netns::reap_orphans)
-        .ok();
-    let handle = netns::setup_run(session_id, netns::NsTarget::Pidfd(pending.pidfd.as_fd()))
+    let listener = netns::setup(netns::NsTarget::Pidfd(pending.pidfd.as_fd()))
         .map_err(|e| err("cannot set up the network namespace", &e))?;
+    let addr = netns::PROXY_ADDR;
     // Each proxied connection costs two fds (client and upstream): raise
     // the supervisor's soft limit (after the fork, so the agent keeps its own).
     if let Ok((soft, hard)) =
@@ -594,9 +585,6 @@ fn start_network(
             );
         }
     }
-    let addr = handle.proxy_addr();
-    let listener =
-        listen(addr).map_err(|e| err(&format!("the proxy cannot listen on {addr}"), &e))?;
     let mut cfg = proxy::ProxyConfig::new(decide_policy);
     cfg.max_requests = req.max_requests;
     if let Some(i) = &interception {
@@ -672,15 +660,12 @@ fn start_network(
             );
         }
     }
-    let plan = handle.plan();
     enforced(
         enforcement,
         "network",
         true,
         format!(
-            "proxy at {addr} (veth {} <-> {} in the agent's namespace, no other route; nft rejects everything else); {}{}{}",
-            plan.host_if,
-            plan.agent_addr,
+            "proxy at {addr} in the agent's namespace, which has only loopback (no route out; nft rejects everything else); {}{}{}",
             req.describe_rules(),
             req.max_requests.map_or(String::new(), |n| format!(", max_requests {n}")),
             if req.connect_ports.is_empty() {
@@ -694,47 +679,16 @@ fn start_network(
         ),
     );
     Ok(Network {
-        handle,
         proxy,
         env,
         interception,
-        reaper,
     })
 }
 
-/// A listening socket with a deep accept queue: std's 128 overflows when an
-/// agent opens hundreds of connections at once (dropped SYNs are retried
-/// only after a second).
-fn listen(addr: std::net::SocketAddrV4) -> std::io::Result<std::net::TcpListener> {
-    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
-    let fd = socket::socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    socket::setsockopt(&fd, socket::sockopt::ReuseAddr, &true)?;
-    socket::bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrIn::from(addr),
-    )?;
-    let backlog = Backlog::new(4096).unwrap_or(Backlog::MAXCONN);
-    socket::listen(&fd, backlog)?;
-    Ok(std::net::TcpListener::from(fd))
-}
-
-/// Stop the proxy, record its last requests and counters, and start
-/// removing the veth and the nft tables: that takes the kernel tens of
-/// milliseconds (an RCU grace period per veth), so it runs on a thread
-/// while the session is finished, and the run waits for it before it
-/// returns ([`NetTeardown::wait`]). The agent is gone by now: nothing can
-/// use the veth in between.
-fn stop_network(
-    mut net: Network,
-    journal: &mut Journal,
-    record: &mut Option<Record>,
-    policy: &RunPolicy,
-) -> NetTeardown {
+/// Stop the proxy and record its last requests and counters. Closing its
+/// listening socket is the last reference to the agent's network namespace
+/// once the agent is gone: the kernel removes the namespace and its rules.
+fn stop_network(mut net: Network, journal: &mut Journal, record: &mut Option<Record>) {
     let _ = net.proxy.shutdown();
     for r in net.proxy.drain_records() {
         let _ = journal.emit(&Event::NetRequest(Box::new(r)));
@@ -754,43 +708,6 @@ fn stop_network(
         }
     }
     drop(net.interception.take());
-    if let Some(Ok(Ok(removed))) = net.reaper.take().map(std::thread::JoinHandle::join) {
-        for what in removed {
-            note(policy, &format!("removed {what} of a supervisor that died"));
-        }
-    }
-    let handle = net.handle;
-    match std::thread::Builder::new()
-        .name("netns-teardown".into())
-        .spawn(move || handle.teardown())
-    {
-        Ok(thread) => NetTeardown(Some(thread)),
-        // No thread: the handle went with the closure, whose drop removed
-        // the network right here (NetHandle's Drop).
-        Err(_) => NetTeardown(None),
-    }
-}
-
-/// The removal of a run's veth and tables, under way on a thread.
-struct NetTeardown(Option<std::thread::JoinHandle<Result<(), crate::net::netns::NetError>>>);
-
-impl NetTeardown {
-    fn wait(self, policy: &RunPolicy) {
-        let result = match self.0.map(std::thread::JoinHandle::join) {
-            Some(Ok(r)) => r,
-            Some(Err(_)) => {
-                note(
-                    policy,
-                    "cannot remove the run's network: its thread panicked",
-                );
-                return;
-            }
-            None => Ok(()),
-        };
-        if let Err(e) = result {
-            note(policy, &format!("cannot remove the run's network: {e}"));
-        }
-    }
 }
 
 /// Build the child's plan from the policy, check that this supervisor can
@@ -961,7 +878,7 @@ fn network_mode(
         )));
     }
     if mode == NetMode::Proxy && !as_root {
-        let why = "the policy proxy needs root (it creates a veth pair and nft rules)";
+        let why = "the policy proxy needs root (it joins the agent's network namespace to listen there and apply nft rules)";
         if !policy.best_effort {
             return Err(RunError::Unsupported(format!(
                 "{why}; use --net none, or --best-effort for no network"

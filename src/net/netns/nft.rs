@@ -7,12 +7,12 @@
 //!   anything is changed (fail closed: no rules means no setup at all);
 //! - `nft` runs with an empty environment and in the network namespace of
 //!   the *calling thread* (a spawned process inherits the namespaces of the
-//!   thread that spawned it), which is how the agent-side ruleset reaches
-//!   the agent's namespace.
+//!   thread that spawned it), which is how the ruleset reaches the agent's
+//!   namespace.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use super::NetError;
 
@@ -50,23 +50,15 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Run `nft -f -` with `script` on stdin; `what` names the ruleset in errors.
+/// Run `nft -f -` with `script` on stdin; `what` names the ruleset in
+/// errors. An error unless nft exited with status 0.
 pub fn apply(nft: &Path, script: &str, what: &str) -> Result<(), NetError> {
-    start(nft, script, what)?.wait()
-}
-
-/// An `nft -f -` that was started and not yet waited for, so that the host
-/// and the agent side can be configured at the same time.
-#[must_use = "an nft run must be waited for to know whether the rules are in place"]
-pub struct Pending {
-    child: Child,
-    command: String,
-    what: String,
-}
-
-/// Start `nft -f -` with `script` on stdin (see [`apply`]).
-pub fn start(nft: &Path, script: &str, what: &str) -> Result<Pending, NetError> {
     let command = format!("{} -f -", nft.display());
+    let spawn_err = |source| NetError::Spawn {
+        command: command.clone(),
+        what: what.to_owned(),
+        source,
+    };
     let mut child = Command::new(nft)
         .args(["-f", "-"])
         .env_clear()
@@ -74,43 +66,20 @@ pub fn start(nft: &Path, script: &str, what: &str) -> Result<Pending, NetError> 
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| NetError::Spawn {
-            command: command.clone(),
-            what: what.to_owned(),
-            source,
-        })?;
+        .map_err(spawn_err)?;
     if let Some(mut pipe) = child.stdin.take() {
         // A ruleset is far below the pipe's capacity, so this cannot block
         // on a slow nft; a write error (nft exited early) shows up in its
         // status and stderr. Dropping `pipe` closes it: end of input.
         let _ = pipe.write_all(script.as_bytes());
     }
-    Ok(Pending {
-        child,
-        command,
-        what: what.to_owned(),
-    })
-}
-
-impl Pending {
-    /// Wait for nft; an error unless it exited with status 0.
-    pub fn wait(self) -> Result<(), NetError> {
-        let what = self.what;
-        let out = self
-            .child
-            .wait_with_output()
-            .map_err(|source| NetError::Spawn {
-                command: self.command,
-                what: what.clone(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(NetError::Nft {
-                what,
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
-        Ok(())
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if !out.status.success() {
+        return Err(NetError::Nft {
+            what: what.to_owned(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
     }
+    Ok(())
 }
