@@ -30,15 +30,7 @@ fn sigkilled_supervisor_is_cleaned_up_by_the_next_start() {
     wait_for_event(&h, &id_file, "process_started");
     // `process_started` means `sh` was exec'd, not that it has forked the
     // background sleep yet (slow under TCG): wait for both sleeps to exist.
-    let sleeps = || {
-        pids_with(&m)
-            .into_iter()
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/comm"))
-                    .is_ok_and(|c| c.trim() == "sleep")
-            })
-            .count()
-    };
+    let sleeps = || sleeps_with(&m).len();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while sleeps() < 2 {
         assert!(

@@ -208,6 +208,30 @@ pub fn pids_with(marker: &str) -> Vec<i32> {
     pids
 }
 
+/// Pids of the live `sleep` processes whose command line contains `marker`
+/// (not the vallignus or `sh` that started them, which hold it too).
+pub fn sleeps_with(marker: &str) -> Vec<i32> {
+    pids_with(marker)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        })
+        .collect()
+}
+
+/// Pids of the processes whose network namespace is `netns` (`net:[inode]`,
+/// as `readlink /proc/PID/ns/net` prints it).
+pub fn processes_in_netns(netns: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|l| l.to_string_lossy() == netns)
+        })
+        .collect()
+}
+
 /// A unique `sleep` argument (a long decimal) so a test can find its own
 /// processes and nobody else's.
 pub fn marker() -> String {
