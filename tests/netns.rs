@@ -311,7 +311,13 @@ fn concurrent_agents_share_the_port_in_their_own_namespaces() {
     let pidfd = vallignus::sys::pidfd::pidfd_open(b.pid()).unwrap();
     let (la, lb) = std::thread::scope(|s| {
         let ta = s.spawn(|| netns::setup(NsTarget::Pid(a.pid())).unwrap());
-        let tb = s.spawn(|| netns::setup(NsTarget::Pidfd(pidfd.as_fd())).unwrap());
+        let tb = s.spawn(|| {
+            netns::setup(NsTarget::Pidfd {
+                pidfd: pidfd.as_fd(),
+                pid: b.pid(),
+            })
+            .unwrap()
+        });
         (ta.join().unwrap(), tb.join().unwrap())
     });
     // Each agent's connection lands on its own listener only.
@@ -343,7 +349,10 @@ fn the_callers_own_namespace_is_refused() {
     gone.wait().unwrap();
     match netns::setup(NsTarget::Pid(pid)) {
         Err(e @ NetError::OpenNamespace { .. }) => {
-            assert!(e.to_string().contains(&format!("pid {pid}")), "{e}");
+            assert!(
+                e.to_string().contains(&format!("the agent (pid {pid})")),
+                "{e}"
+            );
         }
         other => panic!("expected OpenNamespace, got {other:?}"),
     }

@@ -298,6 +298,13 @@ fn when_the_proxy_is_gone_the_agent_has_no_network() {
         "the agent still had network: {out}"
     );
     assert!(out.contains("direct 000"), "{out}");
+    // The supervisor saw its proxy end and recorded it.
+    let events =
+        std::fs::read_to_string(h.sessions_dir().join(id.trim()).join("events.jsonl")).unwrap();
+    assert!(
+        events.contains("\"type\":\"proxy_stopped\""),
+        "no proxy_stopped event"
+    );
 }
 
 #[test]
@@ -472,4 +479,70 @@ fn a_token_narrows_the_domains_and_default_policy_allow_works() {
         .map(|e| e["rule"].as_str().unwrap_or("").to_string())
         .collect();
     assert_eq!(rules, ["*", "*"]);
+}
+
+/// A network setup that fails after the agent was forked (here `nft`,
+/// replaced in a private mount namespace by a script that refuses every
+/// ruleset) stops the run before the agent starts: exit 125, nft's reason
+/// in the message, the agent never ran. With a cgroup, and under
+/// `--best-effort` without one, where the waiting child has no process
+/// group of its own yet (the run used to wait for it forever).
+#[test]
+fn a_failed_network_setup_stops_the_run_before_the_agent_starts() {
+    let test = "a_failed_network_setup_stops_the_run_before_the_agent_starts";
+    if !network_available(test) {
+        return;
+    }
+    let h = Home::new();
+    let fake = h.path().join("fake-nft");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'fake nft: ruleset refused' >&2\nexit 1\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let not_a_cgroup = h.path().join("not-a-cgroup");
+    std::fs::create_dir(&not_a_cgroup).unwrap();
+    let ran = h.path().join("agent-ran");
+    let agent = format!("touch {}", ran.display());
+    // Every nft that vallignus could pick is the fake, in this mount
+    // namespace only (it goes away with the command).
+    let swap = r#"for d in /usr/sbin /sbin /usr/bin /bin; do
+        [ -x "$d/nft" ] && { mount --bind "$0" "$d/nft" || exit 99; }
+    done
+    exec "$@""#;
+    for best_effort in [false, true] {
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.env("VALLIGNUS_HOME", h.path())
+            .env_remove("VALLIGNUS_TOKEN")
+            .env_remove("VALLIGNUS_CGROUP_ROOT")
+            .stdin(std::process::Stdio::null())
+            .args(["-m", "--propagation", "private", "--", "sh", "-c", swap])
+            .arg(&fake)
+            .args([BIN, "run", "-q", "--allow-domain", "x.test"]);
+        if best_effort {
+            cmd.env("VALLIGNUS_CGROUP_ROOT", &not_a_cgroup)
+                .arg("--best-effort");
+        }
+        cmd.args(["--", "sh", "-c", &agent]);
+        let start = std::time::Instant::now();
+        let o = output_with_timeout(&mut cmd, std::time::Duration::from_secs(30));
+        let took = start.elapsed();
+        assert_eq!(
+            code(&o),
+            125,
+            "best effort {best_effort}, after {took:?}: {}",
+            stderr(&o)
+        );
+        assert!(
+            stderr(&o).contains("fake nft: ruleset refused"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(!ran.exists(), "the agent ran although its network failed");
+        assert!(took < std::time::Duration::from_secs(10), "{took:?}");
+    }
 }

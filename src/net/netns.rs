@@ -102,6 +102,8 @@ pub enum NetError {
         package: &'static str,
         searched: String,
     },
+    #[error("cannot start a thread to enter {target}: {source}")]
+    Thread { target: String, source: io::Error },
     #[error("cannot run `{command}` ({what}): {source}")]
     Spawn {
         command: String,
@@ -152,18 +154,17 @@ table inet {table} {{
 /// The agent process whose network namespace is configured.
 #[derive(Debug, Clone, Copy)]
 pub enum NsTarget<'a> {
-    /// A pidfd (preferred: immune to pid reuse).
-    Pidfd(BorrowedFd<'a>),
+    /// A pidfd (preferred: immune to pid reuse), and the pid it refers to
+    /// (for messages).
+    Pidfd { pidfd: BorrowedFd<'a>, pid: i32 },
     /// A pid; safe for an unreaped child of the caller.
     Pid(i32),
 }
 
 impl std::fmt::Display for NsTarget<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::os::fd::AsRawFd;
         match self {
-            NsTarget::Pidfd(fd) => write!(f, "pidfd {}", fd.as_raw_fd()),
-            NsTarget::Pid(pid) => write!(f, "pid {pid}"),
+            NsTarget::Pidfd { pid, .. } | NsTarget::Pid(pid) => write!(f, "the agent (pid {pid})"),
         }
     }
 }
@@ -259,9 +260,8 @@ fn on_helper_thread<T: Send>(
         let worker = std::thread::Builder::new()
             .name("vallignus-netns".into())
             .spawn_scoped(scope, f)
-            .map_err(|source| NetError::Spawn {
-                command: "thread vallignus-netns".into(),
-                what: format!("entering the network namespace of {target}"),
+            .map_err(|source| NetError::Thread {
+                target: target.to_owned(),
                 source,
             })?;
         worker.join().map_err(|_| NetError::HelperPanicked {
@@ -282,7 +282,7 @@ fn open_target_netns(target: NsTarget<'_>) -> Result<OwnedFd, NetError> {
         NsTarget::Pid(pid) => std::fs::File::open(format!("/proc/{pid}/ns/net"))
             .map_err(open_err)?
             .into(),
-        NsTarget::Pidfd(pidfd) => in_netns(pidfd, &name, || {
+        NsTarget::Pidfd { pidfd, .. } => in_netns(pidfd, &name, || {
             std::fs::File::open("/proc/thread-self/ns/net")
                 .map(OwnedFd::from)
                 .map_err(open_err)

@@ -515,7 +515,12 @@ async fn accept_loop(shared: Arc<Shared>, listener: tokio::net::TcpListener, gra
                     let guard = shared.active();
                     tokio::spawn(serve_client(guard, stream));
                 }
-                // EMFILE and friends: back off instead of spinning.
+                // The listening socket itself is gone (closed, or destroyed
+                // from outside): stop, so that the supervisor sees the
+                // proxy end and records that the agent has no network.
+                Err(e) if listener_gone(&e) => break,
+                // EMFILE and friends, or a connection that failed before
+                // it was accepted: back off instead of spinning.
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             },
         }
@@ -525,6 +530,16 @@ async fn accept_loop(shared: Arc<Shared>, listener: tokio::net::TcpListener, gra
     while shared.active.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Whether an accept error means the listening socket no longer listens
+/// (not a passing shortage of fds or memory, nor an error of one pending
+/// connection, which accept(2) also reports).
+fn listener_gone(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EBADF | libc::ENOTSOCK)
+    )
 }
 
 async fn serve_client(guard: ActiveGuard, stream: TcpStream) {

@@ -441,6 +441,14 @@ fn run_session(
     let mut network = match started_ok {
         Ok(net) => net,
         Err(e) => {
+            // The child still waits for go. Kill it through its pidfd
+            // first: with a process group (no cgroup) it has not called
+            // setsid yet, so there is no group to signal, and waiting
+            // for it alone would wait forever.
+            let _ = crate::sys::pidfd_send_signal(
+                std::os::fd::AsFd::as_fd(&pending.pidfd),
+                libc::SIGKILL,
+            );
             let _ = containment.ensure_empty(Duration::from_secs(2));
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pending.pid), None);
             remove_containment(containment, policy);
@@ -568,8 +576,11 @@ fn start_network(
         .map_err(|e| err("rules", &e))?
         .with_passthrough(passthrough)
         .with_request_rules(req.request_rules.clone());
-    let listener = netns::setup(netns::NsTarget::Pidfd(pending.pidfd.as_fd()))
-        .map_err(|e| err("cannot set up the network namespace", &e))?;
+    let listener = netns::setup(netns::NsTarget::Pidfd {
+        pidfd: pending.pidfd.as_fd(),
+        pid: pending.pid,
+    })
+    .map_err(|e| err("cannot set up the network namespace", &e))?;
     let addr = netns::PROXY_ADDR;
     // Each proxied connection costs two fds (client and upstream): raise
     // the supervisor's soft limit (after the fork, so the agent keeps its own).
