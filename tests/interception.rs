@@ -1079,3 +1079,38 @@ fn billable_apis_that_cannot_be_priced_are_refused_under_a_budget() {
         .collect();
     assert_eq!(paths, ["/api/v1/chat/completions", "/health"], "{paths:?}");
 }
+
+/// With a mount namespace the agent's /run is a private tmpfs (the host's
+/// daemon sockets live there); its CA bundle is bound back into it, so
+/// interception works at `standard` and `strict` as it does at `none`.
+#[test]
+fn the_ca_bundle_is_kept_in_the_agents_private_run() {
+    let test = "the_ca_bundle_is_kept_in_the_agents_private_run";
+    let Some(fake) = fake_for(test, None) else {
+        return;
+    };
+    for level in ["standard", "strict"] {
+        let h = Home::new();
+        let mut flags = fake.flags(&["api.openai.test"], true);
+        flags.extend(strings(&["--isolation", level, "--user", "nobody"]));
+        let script = r#"
+echo "certs $(grep -c 'BEGIN CERTIFICATE' "$SSL_CERT_FILE")"
+echo "sockets $(find /run -type s 2>/dev/null | wc -l)"
+curl -sS -w ' %{http_code}\n' "$1"
+"#;
+        let url = fake.url("api.openai.test", "/health");
+        let o = run(&h, &flags, &["sh", "-c", script, "sh", &url]);
+        assert_eq!(code(&o), 0, "{level}: {}\n{}", stdout(&o), stderr(&o));
+        let out = stdout(&o);
+        let certs: u32 = line(&out, "certs ")[6..].parse().unwrap();
+        assert!(certs >= 1, "{level}: {out}");
+        assert_eq!(line(&out, "sockets "), "sockets 0", "{level}: {out}");
+        assert!(out.contains(r#"{"ok": true} 200"#), "{level}: {out}");
+        let s = h.session_json();
+        let detail = s["enforcement"]["private_run"]["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&format!("/run/vallignus/tls/{}.pem", h.only_session_id())),
+            "{detail}"
+        );
+    }
+}

@@ -470,3 +470,71 @@ fn environment_policy_keeps_secrets_out() {
     assert!(!stdout(&o).contains("sk-very-secret"));
     assert_eq!(code(&h.run(&["run", "--env", "1BAD", "--", "true"])), 125);
 }
+
+/// The host's daemons listen on Unix sockets under /run (Docker's,
+/// systemd's, D-Bus): reached by path, they bypass the network namespace,
+/// and an agent that is root in its user namespace passes the permission
+/// check of a root-owned socket. With a mount namespace its /run is a
+/// private tmpfs: such a socket is out of reach, with the proxy, with no
+/// network and with the host's network. At `--isolation none` the agent
+/// shares the host's filesystem, sockets included (documented).
+#[test]
+fn the_hosts_unix_sockets_in_run_are_out_of_reach() {
+    let test = "the_hosts_unix_sockets_in_run_are_out_of_reach";
+    if !ready(test) || !std::path::Path::new("/run").is_dir() {
+        return;
+    }
+    let path = format!("/run/vallignus-test-{}.sock", std::process::id());
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    struct Remove(String);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _remove = Remove(path.clone());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    listener.set_nonblocking(true).unwrap();
+    let probe = format!(
+        "import socket\ns = socket.socket(socket.AF_UNIX)\n\
+         try:\n    s.connect('{path}'); print('connected')\n\
+         except OSError as e:\n    print('refused', e.errno)"
+    );
+    let h = Home::new();
+    let run = |flags: &[&str]| {
+        let mut args = vec!["run", "-q"];
+        args.extend(flags);
+        args.extend(["--", "python3", "-c", &probe]);
+        let o = h.run(&args);
+        assert_eq!(code(&o), 0, "{flags:?}: {}", stderr(&o));
+        stdout(&o).trim().to_owned()
+    };
+    // The control: the agent as root without a mount namespace connects.
+    assert_eq!(run(&["--isolation", "none"]), "connected");
+    let _ = listener.accept();
+    for flags in [
+        &["--isolation", "standard"][..],
+        &["--isolation", "strict"][..],
+        &["--isolation", "standard", "--net", "none"][..],
+        &["--isolation", "standard", "--allow-domain", "x.test"][..],
+    ] {
+        let out = run(flags);
+        assert!(out.starts_with("refused"), "{flags:?}: {out}");
+        assert!(
+            matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "{flags:?}: the socket was reached"
+        );
+    }
+    let h = Home::new();
+    let o = h.run(&["run", "-q", "--isolation", "standard", "--", "true"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let detail = h.session_json()["enforcement"]["private_run"]["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(detail.starts_with("an empty tmpfs on /run"), "{detail}");
+}

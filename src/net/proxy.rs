@@ -270,6 +270,8 @@ pub struct ProxyHandle {
     records: mpsc::UnboundedReceiver<NetRequest>,
     notify: std::io::PipeReader,
     pending: Arc<AtomicBool>,
+    /// Cleared (and notified) when the proxy stops accepting.
+    listening: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -315,6 +317,14 @@ impl ProxyHandle {
     /// Whether the proxy thread is still running.
     pub fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Whether the proxy still accepts connections: false once its
+    /// listening socket is gone or it was asked to stop (its thread may
+    /// still be finishing open connections). The change is notified
+    /// through [`ProxyHandle::notify_fd`].
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst) && self.is_running()
     }
 
     /// Stop accepting, give open connections [`ProxyConfig::shutdown_grace`]
@@ -371,6 +381,7 @@ pub fn start(listener: std::net::TcpListener, cfg: ProxyConfig) -> Result<ProxyH
     let (stop, stop_rx) = watch::channel(false);
     let counters = Arc::new(Counters::default());
     let pending = Arc::new(AtomicBool::new(false));
+    let listening = Arc::new(AtomicBool::new(true));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(cfg.client_timeout)
@@ -385,6 +396,7 @@ pub fn start(listener: std::net::TcpListener, cfg: ProxyConfig) -> Result<ProxyH
             pipe: notify_tx,
         },
         active: AtomicUsize::new(0),
+        listening: Arc::clone(&listening),
         stop: stop_rx,
         metered_bodies: Arc::new(tokio::sync::Semaphore::new(MAX_METERED_BODIES)),
     });
@@ -403,6 +415,7 @@ pub fn start(listener: std::net::TcpListener, cfg: ProxyConfig) -> Result<ProxyH
         records,
         notify: notify_rx,
         pending,
+        listening,
         stop,
         thread: Some(thread),
     })
@@ -446,6 +459,8 @@ struct Shared {
     notifier: Notifier,
     /// Open client connections and tunnels.
     active: AtomicUsize,
+    /// See [`ProxyHandle::is_listening`].
+    listening: Arc<AtomicBool>,
     stop: watch::Receiver<bool>,
     /// Metered request bodies held in memory at once (each up to
     /// [`meter::MAX_METERED_BODY`]): bounds what an agent can make the
@@ -526,6 +541,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: tokio::net::TcpListener, gra
         }
     }
     drop(listener);
+    shared.listening.store(false, Ordering::SeqCst);
+    shared.notifier.notify();
     let deadline = Instant::now() + grace;
     while shared.active.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -63,7 +63,7 @@ impl fmt::Display for Stage {
             Stage::CloseFds => "closing inherited file descriptors",
             Stage::Exec => "executing the command",
             Stage::Init => "starting the PID namespace's init",
-            Stage::Mounts => "mounting the private /tmp, /dev/shm and /proc",
+            Stage::Mounts => "mounting the private /tmp, /dev/shm, /run and /proc",
             Stage::Network => "bringing up loopback in the network namespace",
             Stage::Hostname => "setting the hostname",
             Stage::User => "switching to the target user",

@@ -755,12 +755,47 @@ fn child_plan(
     if namespaces.any() {
         enforced(enforcement, "namespaces", true, namespaces.to_string());
     }
+    // Files of the host's /run that the agent keeps in its private /run
+    // (see child::private_run): its CA bundle, and the resolver
+    // configuration when /etc/resolv.conf points there and the agent uses
+    // the host's network (in its own namespace no nameserver is reachable).
+    let mut run_keep: Vec<std::path::PathBuf> = Vec::new();
     if namespaces.mount {
+        if let Some(i) = &interception {
+            run_keep.push(i.bundle.clone());
+        }
+        if !namespaces.net {
+            if let Ok(resolv) = std::fs::canonicalize("/etc/resolv.conf") {
+                if resolv.starts_with("/run") {
+                    run_keep.push(resolv);
+                }
+            }
+        }
         enforced(
             enforcement,
             "private_tmp",
             true,
             format!("tmpfs /tmp and /dev/shm, {} bytes each", iso.tmp_size),
+        );
+        enforced(
+            enforcement,
+            "private_run",
+            true,
+            if run_keep.is_empty() {
+                "an empty tmpfs on /run: the host's daemon sockets (Docker's, systemd's, D-Bus) \
+                 are out of reach"
+                    .to_string()
+            } else {
+                format!(
+                    "a tmpfs on /run with only {} (read-only): the host's daemon sockets \
+                     (Docker's, systemd's, D-Bus) are out of reach",
+                    run_keep
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            },
         );
     }
     if let Some(u) = iso.run_as {
@@ -861,6 +896,7 @@ fn child_plan(
         run_as: iso.run_as,
         lock_down: iso.lock_down() || namespaces.any(),
         tmp_size: iso.tmp_size,
+        run_keep,
     };
     Ok((plan, interception))
 }

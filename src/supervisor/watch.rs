@@ -437,6 +437,9 @@ pub fn watch(
     }
     let mut held: Option<(Stream, Vec<u8>)> = None;
     let mut empty_since: Option<Instant> = None;
+    // Whether proxy_stopped was recorded (once, when the proxy stops
+    // accepting; its thread may still finish open connections).
+    let mut proxy_stopped = false;
     let mut lp = Loop {
         cfg,
         containment,
@@ -606,8 +609,9 @@ pub fn watch(
         if let (Some(slot), Some(p)) = (proxy_slot, proxy.as_deref_mut()) {
             if !revents[slot].is_empty() {
                 lp.on_proxy(p);
-                if !p.is_running() {
+                if !p.is_listening() && !proxy_stopped {
                     // Its only route led to the proxy: no network from now on.
+                    proxy_stopped = true;
                     lp.emit(&Event::ProxyStopped {});
                 }
             }
