@@ -16,6 +16,36 @@ use std::process::{Command, Stdio};
 
 use super::NetError;
 
+/// How long `nft` may take to apply a ruleset (it takes milliseconds).
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether `child` exits within `timeout` (waited for on a pidfd; the
+/// child is not reaped). Without a pidfd (Linux < 5.3), true at once: the
+/// caller then waits without a limit, as before.
+fn exits_within(child: &std::process::Child, timeout: std::time::Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let Ok(pid) = i32::try_from(child.id()) else {
+        return true;
+    };
+    let Ok(pidfd) = crate::sys::pidfd::pidfd_open(pid) else {
+        return true;
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) if left.is_zero() => return false,
+            Ok(0) => continue,
+            Ok(_) => return true,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return true,
+        }
+    }
+}
+
 /// Where `nft` is looked for before `PATH`.
 const SYSTEM_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 
@@ -72,6 +102,17 @@ pub fn apply(nft: &Path, script: &str, what: &str) -> Result<(), NetError> {
         // on a slow nft; a write error (nft exited early) shows up in its
         // status and stderr. Dropping `pipe` closes it: end of input.
         let _ = pipe.write_all(script.as_bytes());
+    }
+    // The agent waits for these rules: an nft that hangs (a kernel stuck
+    // on a lock, a broken installation) must not hang the run with it.
+    if !exits_within(&child, TIMEOUT) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(NetError::Nft {
+            what: what.to_owned(),
+            status: format!("killed after {} s", TIMEOUT.as_secs()),
+            stderr: "nft did not finish".into(),
+        });
     }
     let out = child.wait_with_output().map_err(spawn_err)?;
     if !out.status.success() {
