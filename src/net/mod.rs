@@ -1,4 +1,6 @@
-//! The agent's network path (see DESIGN.md, "Network path").
+//! The agent's network path (DESIGN.md, "Network path", with one change:
+//! the proxy listens inside the agent's namespace instead of at the far
+//! end of a veth pair; `netns` says why).
 //!
 //! - [`decide`]: pure policy decisions for the proxy (domain rules, ports,
 //!   address vetting, Host/SNI agreement, TLS ClientHello parsing). No I/O.
