@@ -538,3 +538,66 @@ fn the_hosts_unix_sockets_in_run_are_out_of_reach() {
         .to_owned();
     assert!(detail.starts_with("an empty tmpfs on /run"), "{detail}");
 }
+
+/// What `--ro` and `--rw` grant under /run stays granted in the agent's
+/// private /run, as granted: the directory is bound back at its path,
+/// read-only or read-write; the rest of /run stays hidden.
+#[test]
+fn ro_and_rw_paths_under_run_are_kept_in_the_private_run() {
+    let test = "ro_and_rw_paths_under_run_are_kept_in_the_private_run";
+    if !ready(test) || !std::path::Path::new("/run").is_dir() {
+        return;
+    }
+    struct RemoveDir(std::path::PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let base = std::path::PathBuf::from(format!("/run/vallignus-test-{}", std::process::id()));
+    let _remove = RemoveDir(base.clone());
+    let (ro, rw) = (base.join("ro"), base.join("rw"));
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::write(ro.join("in"), "given\n").unwrap();
+    let script = format!(
+        "cat {ro}/in; echo x > {ro}/out 2>/dev/null && echo ro-written; \
+         echo from-agent > {rw}/out && echo rw-written; ls {base} 2>&1 | tr '\\n' ' '",
+        ro = ro.display(),
+        rw = rw.display(),
+        base = base.display()
+    );
+    let h = Home::new();
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--isolation",
+        "standard",
+        "--ro",
+        ro.to_str().unwrap(),
+        "--rw",
+        rw.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("given\nrw-written\n"), "{out}");
+    assert!(!out.contains("ro-written"), "{out}");
+    assert!(!ro.join("out").exists());
+    assert_eq!(
+        std::fs::read_to_string(rw.join("out")).unwrap(),
+        "from-agent\n"
+    );
+    let detail = h.session_json()["enforcement"]["private_run"]["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        detail.contains(&format!("{} (read-only)", ro.display()))
+            && detail.contains(&format!("{} (read-write)", rw.display())),
+        "{detail}"
+    );
+}

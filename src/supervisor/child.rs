@@ -32,9 +32,9 @@ pub struct ChildPlan {
     pub lock_down: bool,
     /// Size of the private `/tmp` and `/dev/shm` tmpfs (mount namespace).
     pub tmp_size: u64,
-    /// Files of the host's `/run` the agent keeps, read-only, in its
+    /// Files and directories of the host's `/run` the agent keeps in its
     /// private `/run` (mount namespace; see [`private_run`]).
-    pub run_keep: Vec<std::path::PathBuf>,
+    pub run_keep: Vec<RunKeep>,
     /// The landlock ruleset, built in the supervisor; applied last but seccomp.
     pub landlock: Option<crate::isolation::landlock::Prepared>,
     /// The agent's environment, exactly (see [`super::environment`]).
@@ -43,6 +43,24 @@ pub struct ChildPlan {
     pub network_mode: Option<crate::policy::NetMode>,
     /// The seccomp filters, compiled in the supervisor; installed last.
     pub seccomp: Option<crate::isolation::seccomp::CompiledProfile>,
+}
+
+/// A file or directory of the host's `/run` bound into the agent's
+/// private `/run` at the same path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunKeep {
+    pub path: std::path::PathBuf,
+    /// Read-write (`--rw`); otherwise remounted read-only.
+    pub writable: bool,
+}
+
+impl RunKeep {
+    pub fn read_only(path: std::path::PathBuf) -> Self {
+        Self {
+            path,
+            writable: false,
+        }
+    }
 }
 
 /// The fds the child works with (its copies of the supervisor's fds).
@@ -344,7 +362,8 @@ fn private_mounts(plan: &ChildPlan) -> Result<(), Errno> {
 
 /// An empty tmpfs over `/run` (and over `/var/run` when that is a
 /// directory of its own, not the usual link to `/run`), with only the
-/// files of `keep` bound back, read-only, at their paths. `owner` (uid,
+/// files and directories of `keep` bound back at their paths (read-only
+/// unless writable). `owner` (uid,
 /// gid inside the user namespace) owns what is created there: with
 /// `--user` it is the only id the namespace maps, and a file cannot be
 /// created under an unmapped id (EOVERFLOW), so the placeholders are made
@@ -356,17 +375,23 @@ fn private_mounts(plan: &ChildPlan) -> Result<(), Errno> {
 /// capabilities stop a `connect()` that the file's owner and mode allow
 /// (an agent that is root in its user namespace is the host's root to the
 /// file's permission check). Hiding the directory takes them all away.
-fn private_run(keep: &[std::path::PathBuf], owner: (u32, u32)) -> Result<(), Errno> {
+fn private_run(keep: &[RunKeep], owner: (u32, u32)) -> Result<(), Errno> {
     use nix::fcntl::{open, OFlag};
     use nix::sys::stat::Mode;
     use std::os::fd::AsRawFd;
     // Open what is kept before it is hidden (O_PATH: no read access
     // needed); a file that is gone is simply not kept.
-    let kept: Vec<(&std::path::PathBuf, OwnedFd)> = keep
+    let kept: Vec<(&RunKeep, OwnedFd, bool)> = keep
         .iter()
-        .filter_map(|p| {
-            let fd = open(p.as_path(), OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()).ok()?;
-            Some((p, fd))
+        .filter_map(|k| {
+            let fd = open(
+                k.path.as_path(),
+                OFlag::O_PATH | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()?;
+            let is_dir = nix::sys::stat::fstat(&fd).ok()?.st_mode & libc::S_IFMT == libc::S_IFDIR;
+            Some((k, fd, is_dir))
         })
         .collect();
     let none: Option<&str> = None;
@@ -389,26 +414,26 @@ fn private_run(keep: &[std::path::PathBuf], owner: (u32, u32)) -> Result<(), Err
     }
     let fsuid = nix::unistd::setfsuid(Uid::from_raw(owner.0));
     let fsgid = nix::unistd::setfsgid(Gid::from_raw(owner.1));
-    let placeholders = kept.iter().try_for_each(|(path, _)| {
-        if let Some(parent) = path.parent() {
+    let placeholders = kept.iter().try_for_each(|(k, _, is_dir)| {
+        if *is_dir {
+            return std::fs::create_dir_all(&k.path);
+        }
+        if let Some(parent) = k.path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::File::create(path).map(drop)
+        std::fs::File::create(&k.path).map(drop)
     });
     nix::unistd::setfsuid(fsuid);
     nix::unistd::setfsgid(fsgid);
     placeholders.map_err(|e| io_errno(&e))?;
-    for (path, fd) in kept {
+    for (k, fd, _) in kept {
         let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        mount(
-            Some(source.as_str()),
-            path.as_path(),
-            none,
-            MsFlags::MS_BIND,
-            none,
-        )?;
-        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags;
-        mount(none, path.as_path(), none, ro, none)?;
+        let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+        mount(Some(source.as_str()), k.path.as_path(), none, bind, none)?;
+        if !k.writable {
+            let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags;
+            mount(none, k.path.as_path(), none, ro, none)?;
+        }
     }
     Ok(())
 }

@@ -755,21 +755,35 @@ fn child_plan(
     if namespaces.any() {
         enforced(enforcement, "namespaces", true, namespaces.to_string());
     }
-    // Files of the host's /run that the agent keeps in its private /run
-    // (see child::private_run): its CA bundle, and the resolver
-    // configuration when /etc/resolv.conf points there and the agent uses
-    // the host's network (in its own namespace no nameserver is reachable).
-    let mut run_keep: Vec<std::path::PathBuf> = Vec::new();
+    // What of the host's /run the agent keeps in its private /run (see
+    // child::private_run): its CA bundle; the resolver configuration when
+    // /etc/resolv.conf points there and the agent uses the host's network
+    // (in its own namespace no nameserver is reachable); and what --ro and
+    // --rw grant under /run, as they grant it.
+    let mut run_keep: Vec<child::RunKeep> = Vec::new();
     if namespaces.mount {
+        let under_run = |p: &std::path::Path| {
+            std::fs::canonicalize(p)
+                .ok()
+                .filter(|c| c.starts_with("/run"))
+        };
         if let Some(i) = &interception {
-            run_keep.push(i.bundle.clone());
+            run_keep.push(child::RunKeep::read_only(i.bundle.clone()));
         }
         if !namespaces.net {
-            if let Ok(resolv) = std::fs::canonicalize("/etc/resolv.conf") {
-                if resolv.starts_with("/run") {
-                    run_keep.push(resolv);
-                }
+            if let Some(resolv) = under_run(std::path::Path::new("/etc/resolv.conf")) {
+                run_keep.push(child::RunKeep::read_only(resolv));
             }
+        }
+        let fs = &policy.isolation.fs;
+        for p in fs.ro.iter().filter_map(|p| under_run(p)) {
+            run_keep.push(child::RunKeep::read_only(p));
+        }
+        for p in fs.rw.iter().filter_map(|p| under_run(p)) {
+            run_keep.push(child::RunKeep {
+                path: p,
+                writable: true,
+            });
         }
         enforced(
             enforcement,
@@ -787,11 +801,19 @@ fn child_plan(
                     .to_string()
             } else {
                 format!(
-                    "a tmpfs on /run with only {} (read-only): the host's daemon sockets \
-                     (Docker's, systemd's, D-Bus) are out of reach",
+                    "a tmpfs on /run with only {}: the host's daemon sockets (Docker's, \
+                     systemd's, D-Bus) are out of reach",
                     run_keep
                         .iter()
-                        .map(|p| p.display().to_string())
+                        .map(|k| format!(
+                            "{} ({})",
+                            k.path.display(),
+                            if k.writable {
+                                "read-write"
+                            } else {
+                                "read-only"
+                            }
+                        ))
                         .collect::<Vec<_>>()
                         .join(", ")
                 )
