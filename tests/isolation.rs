@@ -523,7 +523,8 @@ fn the_hosts_unix_sockets_in_run_are_out_of_reach() {
         &["--isolation", "standard", "--allow-domain", "x.test"][..],
     ] {
         let out = run(flags);
-        assert!(out.starts_with("refused"), "{flags:?}: {out}");
+        // ENOENT: the path is not there at all (not a landlock refusal).
+        assert_eq!(out, "refused 2", "{flags:?}");
         assert!(
             matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
             "{flags:?}: the socket was reached"
@@ -540,33 +541,66 @@ fn the_hosts_unix_sockets_in_run_are_out_of_reach() {
 }
 
 /// What `--ro` and `--rw` grant under /run stays granted in the agent's
-/// private /run, as granted: the directory is bound back at its path,
-/// read-only or read-write; the rest of /run stays hidden.
+/// private /run, as granted, as root and as nobody: the directory is
+/// bound back at its path, read-only or read-write; the rest of /run
+/// stays hidden, and a grant of /run itself is refused.
 #[test]
 fn ro_and_rw_paths_under_run_are_kept_in_the_private_run() {
     let test = "ro_and_rw_paths_under_run_are_kept_in_the_private_run";
     if !ready(test) || !std::path::Path::new("/run").is_dir() {
         return;
     }
-    struct RemoveDir(std::path::PathBuf);
-    impl Drop for RemoveDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use std::os::unix::fs::PermissionsExt;
     let base = std::path::PathBuf::from(format!("/run/vallignus-test-{}", std::process::id()));
     let _remove = RemoveDir(base.clone());
     let (ro, rw) = (base.join("ro"), base.join("rw"));
     std::fs::create_dir_all(&ro).unwrap();
     std::fs::create_dir_all(&rw).unwrap();
+    std::fs::write(base.join("sibling"), "hidden\n").unwrap();
     std::fs::write(ro.join("in"), "given\n").unwrap();
+    for d in [&base, &ro, &rw] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
     let script = format!(
         "cat {ro}/in; echo x > {ro}/out 2>/dev/null && echo ro-written; \
-         echo from-agent > {rw}/out && echo rw-written; ls {base} 2>&1 | tr '\\n' ' '",
+         echo from-agent > {rw}/out && echo rw-written; \
+         [ -e {base}/sibling ] && echo sibling-visible; echo done",
         ro = ro.display(),
         rw = rw.display(),
         base = base.display()
     );
+    for user in [&[][..], &["--user", "nobody"][..]] {
+        let _ = std::fs::remove_file(rw.join("out"));
+        let h = Home::new();
+        let mut args = vec!["run", "-q", "--isolation", "standard"];
+        args.extend(user);
+        args.extend(["--ro", ro.to_str().unwrap(), "--rw", rw.to_str().unwrap()]);
+        args.extend(["--", "sh", "-c", &script]);
+        let o = h.run(&args);
+        assert_eq!(code(&o), 0, "{user:?}: {}", stderr(&o));
+        let out = stdout(&o);
+        assert!(out.starts_with("given\nrw-written\n"), "{user:?}: {out}");
+        assert!(!out.contains("ro-written"), "{user:?}: {out}");
+        // Only the kept paths exist in the private /run (a stat, which
+        // landlock does not govern, so this is the mount's doing).
+        assert!(out.ends_with("rw-written\ndone\n"), "{user:?}: {out}");
+        assert!(!ro.join("out").exists());
+        assert_eq!(
+            std::fs::read_to_string(rw.join("out")).unwrap(),
+            "from-agent\n"
+        );
+        let detail = h.session_json()["enforcement"]["private_run"]["detail"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            detail.contains(&format!("{} (read-only)", ro.display()))
+                && detail.contains(&format!("{} (read-write)", rw.display()))
+                && detail.contains("except any inside a kept directory"),
+            "{detail}"
+        );
+    }
+    // /run itself would give every socket back.
     let h = Home::new();
     let o = h.run(&[
         "run",
@@ -574,30 +608,58 @@ fn ro_and_rw_paths_under_run_are_kept_in_the_private_run() {
         "--isolation",
         "standard",
         "--ro",
-        ro.to_str().unwrap(),
-        "--rw",
-        rw.to_str().unwrap(),
+        "/var/run",
         "--",
-        "sh",
-        "-c",
-        &script,
+        "true",
     ]);
+    assert_eq!(code(&o), 125);
+    assert!(
+        stderr(&o).contains("--ro /var/run: that is /run itself"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A working directory under /run is kept (read-write, as landlock grants
+/// it) and entered again after the mounts: `..` is the private /run, not
+/// the host's.
+#[test]
+fn a_working_directory_under_run_does_not_lead_back_to_the_hosts_run() {
+    let test = "a_working_directory_under_run_does_not_lead_back_to_the_hosts_run";
+    if !ready(test) || !std::path::Path::new("/run").is_dir() {
+        return;
+    }
+    let base = std::path::PathBuf::from(format!("/run/vallignus-cwd-{}", std::process::id()));
+    let _remove = RemoveDir(base.clone());
+    let work = base.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(base.join("sibling"), "hidden\n").unwrap();
+    let h = Home::new();
+    let o = h
+        .cmd()
+        .current_dir(&work)
+        .args(["run", "-q", "--isolation", "standard", "--"])
+        .args([
+            "sh",
+            "-c",
+            "pwd; [ -e ../work ] && echo work-there; [ -e ../sibling ] && echo sibling-visible; \
+             echo made > here",
+        ])
+        .output()
+        .unwrap();
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let out = stdout(&o);
-    assert!(out.starts_with("given\nrw-written\n"), "{out}");
-    assert!(!out.contains("ro-written"), "{out}");
-    assert!(!ro.join("out").exists());
+    assert_eq!(out, format!("{}\nwork-there\n", work.display()));
     assert_eq!(
-        std::fs::read_to_string(rw.join("out")).unwrap(),
-        "from-agent\n"
+        std::fs::read_to_string(work.join("here")).unwrap(),
+        "made\n"
     );
-    let detail = h.session_json()["enforcement"]["private_run"]["detail"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert!(
-        detail.contains(&format!("{} (read-only)", ro.display()))
-            && detail.contains(&format!("{} (read-write)", rw.display())),
-        "{detail}"
-    );
+}
+
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -32,9 +32,8 @@ pub struct ChildPlan {
     pub lock_down: bool,
     /// Size of the private `/tmp` and `/dev/shm` tmpfs (mount namespace).
     pub tmp_size: u64,
-    /// Files and directories of the host's `/run` the agent keeps in its
-    /// private `/run` (mount namespace; see [`private_run`]).
-    pub run_keep: Vec<RunKeep>,
+    /// The private `/run` (mount namespace; see `super::private_run`).
+    pub private_run: super::private_run::PrivateRun,
     /// The landlock ruleset, built in the supervisor; applied last but seccomp.
     pub landlock: Option<crate::isolation::landlock::Prepared>,
     /// The agent's environment, exactly (see [`super::environment`]).
@@ -43,24 +42,6 @@ pub struct ChildPlan {
     pub network_mode: Option<crate::policy::NetMode>,
     /// The seccomp filters, compiled in the supervisor; installed last.
     pub seccomp: Option<crate::isolation::seccomp::CompiledProfile>,
-}
-
-/// A file or directory of the host's `/run` bound into the agent's
-/// private `/run` at the same path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunKeep {
-    pub path: std::path::PathBuf,
-    /// Read-write (`--rw`); otherwise remounted read-only.
-    pub writable: bool,
-}
-
-impl RunKeep {
-    pub fn read_only(path: std::path::PathBuf) -> Self {
-        Self {
-            path,
-            writable: false,
-        }
-    }
 }
 
 /// The fds the child works with (its copies of the supervisor's fds).
@@ -351,89 +332,11 @@ fn private_mounts(plan: &ChildPlan) -> Result<(), Errno> {
     }
     // Before /proc is replaced: the kept files are bound from
     // /proc/self/fd of this process.
-    let owner = plan.run_as.map_or((0, 0), |u| (u.uid, u.gid));
-    private_run(&plan.run_keep, owner)?;
+    plan.private_run
+        .apply(plan.run_as.map(|u| (u.uid, u.gid)))?;
     if plan.namespaces.pid {
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         mount(Some("proc"), "/proc", Some("proc"), flags, none)?;
-    }
-    Ok(())
-}
-
-/// An empty tmpfs over `/run` (and over `/var/run` when that is a
-/// directory of its own, not the usual link to `/run`), with only the
-/// files and directories of `keep` bound back at their paths (read-only
-/// unless writable). `owner` (uid,
-/// gid inside the user namespace) owns what is created there: with
-/// `--user` it is the only id the namespace maps, and a file cannot be
-/// created under an unmapped id (EOVERFLOW), so the placeholders are made
-/// with that filesystem uid.
-///
-/// `/run` is where the host's daemons listen on Unix sockets (Docker's,
-/// containerd's, systemd's, D-Bus): a socket is reached by its path, not
-/// through the network namespace, and neither landlock nor dropped
-/// capabilities stop a `connect()` that the file's owner and mode allow
-/// (an agent that is root in its user namespace is the host's root to the
-/// file's permission check). Hiding the directory takes them all away.
-fn private_run(keep: &[RunKeep], owner: (u32, u32)) -> Result<(), Errno> {
-    use nix::fcntl::{open, OFlag};
-    use nix::sys::stat::Mode;
-    use std::os::fd::AsRawFd;
-    // Open what is kept before it is hidden (O_PATH: no read access
-    // needed); a file that is gone is simply not kept.
-    let kept: Vec<(&RunKeep, OwnedFd, bool)> = keep
-        .iter()
-        .filter_map(|k| {
-            let fd = open(
-                k.path.as_path(),
-                OFlag::O_PATH | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .ok()?;
-            let is_dir = nix::sys::stat::fstat(&fd).ok()?.st_mode & libc::S_IFMT == libc::S_IFDIR;
-            Some((k, fd, is_dir))
-        })
-        .collect();
-    let none: Option<&str> = None;
-    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let opts = format!("size=1M,mode=755,uid={},gid={}", owner.0, owner.1);
-    for dir in ["/run", "/var/run"] {
-        let meta = std::fs::symlink_metadata(dir);
-        if meta.is_ok_and(|m| m.is_dir()) {
-            mount(
-                Some("tmpfs"),
-                dir,
-                Some("tmpfs"),
-                flags,
-                Some(opts.as_str()),
-            )?;
-        }
-    }
-    if kept.is_empty() {
-        return Ok(());
-    }
-    let fsuid = nix::unistd::setfsuid(Uid::from_raw(owner.0));
-    let fsgid = nix::unistd::setfsgid(Gid::from_raw(owner.1));
-    let placeholders = kept.iter().try_for_each(|(k, _, is_dir)| {
-        if *is_dir {
-            return std::fs::create_dir_all(&k.path);
-        }
-        if let Some(parent) = k.path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::File::create(&k.path).map(drop)
-    });
-    nix::unistd::setfsuid(fsuid);
-    nix::unistd::setfsgid(fsgid);
-    placeholders.map_err(|e| io_errno(&e))?;
-    for (k, fd, _) in kept {
-        let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
-        let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
-        mount(Some(source.as_str()), k.path.as_path(), none, bind, none)?;
-        if !k.writable {
-            let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags;
-            mount(none, k.path.as_path(), none, ro, none)?;
-        }
     }
     Ok(())
 }

@@ -23,6 +23,7 @@ mod init;
 pub mod interception;
 pub mod journal;
 pub mod output;
+pub mod private_run;
 pub mod reap;
 pub mod record;
 pub mod spawn;
@@ -755,71 +756,31 @@ fn child_plan(
     if namespaces.any() {
         enforced(enforcement, "namespaces", true, namespaces.to_string());
     }
-    // What of the host's /run the agent keeps in its private /run (see
-    // child::private_run): its CA bundle; the resolver configuration when
-    // /etc/resolv.conf points there and the agent uses the host's network
-    // (in its own namespace no nameserver is reachable); and what --ro and
-    // --rw grant under /run, as they grant it.
-    let mut run_keep: Vec<child::RunKeep> = Vec::new();
-    if namespaces.mount {
-        let under_run = |p: &std::path::Path| {
-            std::fs::canonicalize(p)
-                .ok()
-                .filter(|c| c.starts_with("/run"))
-        };
-        if let Some(i) = &interception {
-            run_keep.push(child::RunKeep::read_only(i.bundle.clone()));
-        }
-        if !namespaces.net {
-            if let Some(resolv) = under_run(std::path::Path::new("/etc/resolv.conf")) {
-                run_keep.push(child::RunKeep::read_only(resolv));
-            }
-        }
-        let fs = &policy.isolation.fs;
-        for p in fs.ro.iter().filter_map(|p| under_run(p)) {
-            run_keep.push(child::RunKeep::read_only(p));
-        }
-        for p in fs.rw.iter().filter_map(|p| under_run(p)) {
-            run_keep.push(child::RunKeep {
-                path: p,
-                writable: true,
-            });
-        }
+    let private_run = if namespaces.mount {
         enforced(
             enforcement,
             "private_tmp",
             true,
             format!("tmpfs /tmp and /dev/shm, {} bytes each", iso.tmp_size),
         );
+        let planned = private_run::plan(&private_run::Inputs {
+            ca_bundle: interception.as_ref().map(|i| i.bundle.as_path()),
+            host_network: !namespaces.net,
+            ro: &policy.isolation.fs.ro,
+            rw: &policy.isolation.fs.rw,
+            cwd: std::env::current_dir().ok(),
+        })
+        .map_err(RunError::Unsupported)?;
         enforced(
             enforcement,
             "private_run",
             true,
-            if run_keep.is_empty() {
-                "an empty tmpfs on /run: the host's daemon sockets (Docker's, systemd's, D-Bus) \
-                 are out of reach"
-                    .to_string()
-            } else {
-                format!(
-                    "a tmpfs on /run with only {}: the host's daemon sockets (Docker's, \
-                     systemd's, D-Bus) are out of reach",
-                    run_keep
-                        .iter()
-                        .map(|k| format!(
-                            "{} ({})",
-                            k.path.display(),
-                            if k.writable {
-                                "read-write"
-                            } else {
-                                "read-only"
-                            }
-                        ))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            },
+            planned.describe(namespaces.pid),
         );
-    }
+        planned
+    } else {
+        private_run::PrivateRun::default()
+    };
     if let Some(u) = iso.run_as {
         enforced(
             enforcement,
@@ -918,7 +879,7 @@ fn child_plan(
         run_as: iso.run_as,
         lock_down: iso.lock_down() || namespaces.any(),
         tmp_size: iso.tmp_size,
-        run_keep,
+        private_run,
     };
     Ok((plan, interception))
 }
