@@ -537,7 +537,8 @@ fn the_hosts_unix_sockets_in_run_are_out_of_reach() {
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(detail.starts_with("an empty tmpfs on /run"), "{detail}");
+    assert!(detail.starts_with("tmpfs on /run (size=1M,"), "{detail}");
+    assert!(detail.contains(", empty: "), "{detail}");
 }
 
 /// What `--ro` and `--rw` grant under /run stays granted in the agent's
@@ -662,4 +663,55 @@ impl Drop for RemoveDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The same for /tmp: a working directory in the host's /tmp is kept in
+/// the private /tmp and entered again, so `..` does not lead to the host's
+/// /tmp (other users' files, ssh-agent sockets); what --rw grants under
+/// /tmp is kept too (it used to be hidden by the private /tmp).
+#[test]
+fn a_working_directory_in_the_hosts_tmp_does_not_lead_back_to_it() {
+    let test = "a_working_directory_in_the_hosts_tmp_does_not_lead_back_to_it";
+    if !ready(test) {
+        return;
+    }
+    let base = tempfile::tempdir_in("/tmp").unwrap();
+    let work = base.path().join("work");
+    let granted = base.path().join("granted");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::create_dir_all(&granted).unwrap();
+    std::fs::write(base.path().join("sibling"), "hidden\n").unwrap();
+    let h = Home::new();
+    let script = format!(
+        "pwd; [ -e ../work ] && echo work-there; [ -e ../sibling ] && echo sibling-visible; \
+         echo made > here; echo given > {}/file",
+        granted.display()
+    );
+    let o = h
+        .cmd()
+        .current_dir(&work)
+        .args(["run", "-q", "--isolation", "standard", "--rw"])
+        .arg(&granted)
+        .args(["--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("{}\nwork-there\n", work.display()));
+    assert_eq!(
+        std::fs::read_to_string(work.join("here")).unwrap(),
+        "made\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(granted.join("file")).unwrap(),
+        "given\n"
+    );
+    let detail = h.session_json()["enforcement"]["private_tmp"]["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        detail.contains(&format!("{} (read-write)", work.display()))
+            && detail.contains(&format!("{} (read-write)", granted.display())),
+        "{detail}"
+    );
 }

@@ -30,10 +30,9 @@ pub struct ChildPlan {
     /// Drop every capability and set `no_new_privs` (any isolation level,
     /// or `--user`).
     pub lock_down: bool,
-    /// Size of the private `/tmp` and `/dev/shm` tmpfs (mount namespace).
-    pub tmp_size: u64,
-    /// The private `/run` (mount namespace; see `super::private_run`).
-    pub private_run: super::private_run::PrivateRun,
+    /// The private `/tmp`, `/dev/shm` and `/run` (mount namespace; see
+    /// `super::private_dirs`).
+    pub private_dirs: super::private_dirs::PrivateDirs,
     /// The landlock ruleset, built in the supervisor; applied last but seccomp.
     pub landlock: Option<crate::isolation::landlock::Prepared>,
     /// The agent's environment, exactly (see [`super::environment`]).
@@ -312,27 +311,8 @@ fn with_extra(env: &[CString], extra: &[CString]) -> Vec<CString> {
 fn private_mounts(plan: &ChildPlan) -> Result<(), Errno> {
     let none: Option<&str> = None;
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)?;
-    let size = format!("size={},mode=1777", plan.tmp_size);
-    let tmpfs_flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mount(
-        Some("tmpfs"),
-        "/tmp",
-        Some("tmpfs"),
-        tmpfs_flags,
-        Some(size.as_str()),
-    )?;
-    if std::path::Path::new("/dev/shm").is_dir() {
-        mount(
-            Some("tmpfs"),
-            "/dev/shm",
-            Some("tmpfs"),
-            tmpfs_flags,
-            Some(size.as_str()),
-        )?;
-    }
-    // Before /proc is replaced: the kept files are bound from
-    // /proc/self/fd of this process.
-    plan.private_run
+    // Before /proc is replaced: kept paths are bound from /proc/self/fd.
+    plan.private_dirs
         .apply(plan.run_as.map(|u| (u.uid, u.gid)))?;
     if plan.namespaces.pid {
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;

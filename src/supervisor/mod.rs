@@ -23,7 +23,7 @@ mod init;
 pub mod interception;
 pub mod journal;
 pub mod output;
-pub mod private_run;
+pub mod private_dirs;
 pub mod reap;
 pub mod record;
 pub mod spawn;
@@ -756,14 +756,10 @@ fn child_plan(
     if namespaces.any() {
         enforced(enforcement, "namespaces", true, namespaces.to_string());
     }
-    let private_run = if namespaces.mount {
-        enforced(
-            enforcement,
-            "private_tmp",
-            true,
-            format!("tmpfs /tmp and /dev/shm, {} bytes each", iso.tmp_size),
-        );
-        let planned = private_run::plan(&private_run::Inputs {
+    let private_dirs = if namespaces.mount {
+        let planned = private_dirs::plan(&private_dirs::Inputs {
+            tmp_size: iso.tmp_size,
+            run_as: iso.run_as.map(|u| (u.uid, u.gid)),
             ca_bundle: interception.as_ref().map(|i| i.bundle.as_path()),
             host_network: !namespaces.net,
             ro: &policy.isolation.fs.ro,
@@ -771,15 +767,14 @@ fn child_plan(
             cwd: std::env::current_dir().ok(),
         })
         .map_err(RunError::Unsupported)?;
-        enforced(
-            enforcement,
-            "private_run",
-            true,
-            planned.describe(namespaces.pid),
-        );
+        for (key, run) in [("private_tmp", false), ("private_run", true)] {
+            if let Some(text) = planned.describe(run, namespaces.pid) {
+                enforced(enforcement, key, true, text);
+            }
+        }
         planned
     } else {
-        private_run::PrivateRun::default()
+        private_dirs::PrivateDirs::default()
     };
     if let Some(u) = iso.run_as {
         enforced(
@@ -878,8 +873,7 @@ fn child_plan(
         namespaces,
         run_as: iso.run_as,
         lock_down: iso.lock_down() || namespaces.any(),
-        tmp_size: iso.tmp_size,
-        private_run,
+        private_dirs,
     };
     Ok((plan, interception))
 }

@@ -1,25 +1,28 @@
-//! The agent's private `/run` (with a mount namespace): an empty tmpfs
-//! over `/run`, and over `/var/run` when that is a directory of its own
-//! rather than the usual link to `/run`, with only what the run needs
-//! bound back at its path.
+//! The agent's private directories (with a mount namespace): a tmpfs
+//! over `/tmp` and `/dev/shm` (`--tmp-size` each) and an empty one over
+//! `/run` (and over `/var/run` when that is a directory of its own rather
+//! than the usual link to `/run`), with only what the run needs bound back
+//! at its path.
 //!
-//! Why: `/run` is where the host's daemons listen on Unix sockets
+//! Why `/run`: it is where the host's daemons listen on Unix sockets
 //! (Docker's, containerd's, systemd's, D-Bus). A socket is reached by its
 //! path, not through the network namespace, and below landlock ABI 9
 //! neither landlock nor dropped capabilities stop a `connect()` that the
 //! socket's owner and mode allow: an agent that is root in its user
 //! namespace passes the check of a root-owned socket as the host's root.
+//! `/tmp` holds such sockets too (ssh-agent's, X11's), and other users'
+//! files.
 //!
 //! What is kept ([`plan`], in the supervisor, before the fork):
-//! - the run's CA bundle (TLS interception), read-only;
+//! - the run's CA bundle (TLS interception, under `/run`), read-only;
 //! - with the host's network, the file `/etc/resolv.conf` points to when
 //!   that is under `/run`, read-only (if it can be opened);
-//! - what `--ro` and `--rw` grant under those directories, as granted
-//!   (a grant of `/run` itself is refused: it would give back every
-//!   socket). A kept directory keeps the sockets inside it;
-//! - the working directory when it is under them (read-write, as landlock
-//!   grants it), and the child changes into it again after the mounts, so
-//!   `..` walks the private `/run` and not the host's.
+//! - what `--ro` and `--rw` grant under a private directory, as granted (a
+//!   grant of the directory itself is refused: it would give back the
+//!   host's). A kept directory keeps the sockets inside it;
+//! - the working directory when it is under one of them (read-write, as
+//!   landlock grants it); the child changes into it again after the
+//!   mounts, so `..` walks the private directory and not the host's.
 //!
 //! Each kept path is resolved and opened (`O_PATH`) in the supervisor,
 //! which notes its device and inode. The child opens it again (a bind
@@ -29,10 +32,11 @@
 //! fails the run), and binds it from `/proc/self/fd`. A path that cannot
 //! be opened is an error naming the flag, except the resolver file.
 //!
-//! In the child ([`PrivateRun::apply`]): the tmpfs mounts, placeholders for
-//! the kept paths (shallow first, so a kept directory never hides a deeper
-//! kept file), then the binds: read-only ones without their submounts and
-//! remounted read-only, read-write ones with their submounts.
+//! In the child ([`PrivateDirs::apply`]): the handles, the tmpfs mounts,
+//! placeholders for the kept paths (shallow first, so a kept directory
+//! never hides a deeper kept file), then the binds: read-only ones without
+//! their submounts and remounted read-only, read-write ones with their
+//! submounts.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -40,7 +44,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 
-/// One file or directory of the host's `/run` bound into the private one.
+/// One file or directory of the host's bound into a private directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keep {
     pub path: PathBuf,
@@ -78,11 +82,19 @@ impl Keep {
     }
 }
 
-/// What the child does to `/run` (see the module documentation).
+/// A tmpfs the child mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tmpfs {
+    pub path: PathBuf,
+    /// Mount options (`size=…,mode=…`, and the owner for `/run`).
+    pub options: String,
+}
+
+/// What the child does (see the module documentation).
 #[derive(Debug, Default)]
-pub struct PrivateRun {
-    /// The directories covered by a tmpfs.
-    pub dirs: Vec<PathBuf>,
+pub struct PrivateDirs {
+    /// The directories covered by a tmpfs, in mount order.
+    pub tmpfs: Vec<Tmpfs>,
     /// Bound back, shallowest first.
     pub keep: Vec<Keep>,
     /// The working directory to change into again after the mounts.
@@ -91,6 +103,11 @@ pub struct PrivateRun {
 
 /// What the plan is built from.
 pub struct Inputs<'a> {
+    /// Size of the private `/tmp` and `/dev/shm`, bytes.
+    pub tmp_size: u64,
+    /// The `--user` ids (uid, gid), which are then the only ones the user
+    /// namespace maps: the owner of the private `/run`.
+    pub run_as: Option<(u32, u32)>,
     pub ca_bundle: Option<&'a Path>,
     /// The agent uses the host's network (no network namespace).
     pub host_network: bool,
@@ -99,20 +116,31 @@ pub struct Inputs<'a> {
     pub cwd: Option<PathBuf>,
 }
 
-/// The directories to hide: `/run`, and `/var/run` when it is a directory
-/// of its own (usually it is a link to `/run`).
-fn hidden_dirs() -> Vec<PathBuf> {
-    ["/run", "/var/run"]
-        .iter()
-        .map(PathBuf::from)
-        .filter(|d| std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
-        .collect()
+/// The private directories of a run (those that are directories here:
+/// `/dev/shm` may be missing, `/var/run` is usually a link to `/run`).
+fn private_tmpfs(tmp_size: u64, run_owner: (u32, u32)) -> Vec<Tmpfs> {
+    let tmp = format!("size={tmp_size},mode=1777");
+    let run = format!("size=1M,mode=755,uid={},gid={}", run_owner.0, run_owner.1);
+    [
+        ("/tmp", &tmp),
+        ("/dev/shm", &tmp),
+        ("/run", &run),
+        ("/var/run", &run),
+    ]
+    .into_iter()
+    .filter(|(d, _)| std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
+    .map(|(d, o)| Tmpfs {
+        path: PathBuf::from(d),
+        options: o.clone(),
+    })
+    .collect()
 }
 
-/// Plan the private `/run` of a run; an error names the flag and path at
-/// fault.
-pub fn plan(inputs: &Inputs<'_>) -> Result<PrivateRun, String> {
-    let dirs = hidden_dirs();
+/// Plan the private directories of a run; an error names the flag and
+/// path at fault.
+pub fn plan(inputs: &Inputs<'_>) -> Result<PrivateDirs, String> {
+    let tmpfs = private_tmpfs(inputs.tmp_size, inputs.run_as.unwrap_or((0, 0)));
+    let dirs: Vec<PathBuf> = tmpfs.iter().map(|t| t.path.clone()).collect();
     let hidden = |p: &Path| {
         std::fs::canonicalize(p)
             .ok()
@@ -138,8 +166,9 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<PrivateRun, String> {
             let Some(c) = hidden(p) else { continue };
             if dirs.contains(&c) {
                 return Err(format!(
-                    "{flag} {}: that is {} itself, where the host's daemons listen (Docker, \
-                     systemd, D-Bus); grant the paths under it that the agent needs",
+                    "{flag} {}: that is {} itself, which the agent gets as its own tmpfs (the \
+                     host's holds other programs' sockets and files); grant the paths under it \
+                     that the agent needs",
                     p.display(),
                     c.display()
                 ));
@@ -153,8 +182,8 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<PrivateRun, String> {
     if let Some(cwd) = inputs.cwd.as_deref().and_then(&hidden) {
         if dirs.contains(&cwd) {
             return Err(format!(
-                "the working directory is {}, which the agent's private /run hides: start the \
-                 run from another directory",
+                "the working directory is {}, which the agent gets as its own empty tmpfs: \
+                 start the run from another directory",
                 cwd.display()
             ));
         }
@@ -166,52 +195,74 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<PrivateRun, String> {
         chdir = Some(cwd);
     }
     keep.sort_by_key(|k| k.path.components().count());
-    Ok(PrivateRun { dirs, keep, chdir })
+    Ok(PrivateDirs { tmpfs, keep, chdir })
 }
 
-impl PrivateRun {
-    /// For `enforcement.private_run`. `pid_namespace`: whether the agent
-    /// gets its own `/proc` (without one, `/proc/<pid>/root` of a process
-    /// of the same user still leads to the host's `/run`).
-    pub fn describe(&self, pid_namespace: bool) -> String {
-        let dirs: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
-        let mut text = if self.keep.is_empty() {
-            format!("an empty tmpfs on {}", dirs.join(" and "))
+/// `/tmp` and `/dev/shm` may hold executables (build tools run them);
+/// `/run` may not.
+fn flags_of(t: &Tmpfs) -> MsFlags {
+    let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if t.path.starts_with("/tmp") || t.path.starts_with("/dev/shm") {
+        base
+    } else {
+        base | MsFlags::MS_NOEXEC
+    }
+}
+
+impl PrivateDirs {
+    /// For `enforcement.private_tmp` (`/tmp`, `/dev/shm`) or
+    /// `enforcement.private_run` (`/run`, `/var/run`): the tmpfs of that
+    /// kind, what is kept in them, and what stays reachable. `None` when
+    /// there is none of that kind. `pid_namespace`: whether the agent gets
+    /// its own `/proc` (without one, `/proc/<pid>/root` of a process of the
+    /// same user still leads to the host's directories).
+    pub fn describe(&self, run: bool, pid_namespace: bool) -> Option<String> {
+        let of_kind = |p: &Path| (p.starts_with("/run") || p.starts_with("/var/run")) == run;
+        let tmpfs: Vec<&Tmpfs> = self.tmpfs.iter().filter(|t| of_kind(&t.path)).collect();
+        if tmpfs.is_empty() {
+            return None;
+        }
+        let keep: Vec<&Keep> = self
+            .keep
+            .iter()
+            .filter(|k| tmpfs.iter().any(|t| k.path.starts_with(&t.path)))
+            .collect();
+        let dirs: Vec<String> = tmpfs
+            .iter()
+            .map(|t| format!("{} ({})", t.path.display(), t.options))
+            .collect();
+        let mut text = format!("tmpfs on {}", dirs.join(", "));
+        if keep.is_empty() {
+            text.push_str(", empty");
         } else {
-            let kept: Vec<String> = self
-                .keep
+            let kept: Vec<String> = keep
                 .iter()
                 .map(|k| {
-                    format!(
-                        "{} ({})",
-                        k.path.display(),
-                        if k.writable {
-                            "read-write"
-                        } else {
-                            "read-only"
-                        }
-                    )
+                    let mode = if k.writable {
+                        "read-write"
+                    } else {
+                        "read-only"
+                    };
+                    format!("{} ({mode})", k.path.display())
                 })
                 .collect();
-            format!(
-                "a tmpfs on {} with only {}",
-                dirs.join(" and "),
-                kept.join(", ")
-            )
-        };
-        text.push_str(
-            ": the host's daemon sockets there (Docker's, systemd's, D-Bus) are out of reach",
-        );
-        if self.keep.iter().any(|k| k.is_dir) {
+            text.push_str(&format!(", with only {} of the host's", kept.join(", ")));
+        }
+        text.push_str(if run {
+            ": the host's daemon sockets there (Docker's, systemd's, D-Bus) are out of reach"
+        } else {
+            ": the host's files and sockets there (ssh-agent's, X11's) are out of reach"
+        });
+        if keep.iter().any(|k| k.is_dir) {
             text.push_str(", except any inside a kept directory");
         }
         if !pid_namespace {
             text.push_str(
                 "; without a PID namespace the host's /proc stays, and /proc/<pid>/root of a \
-                 process of the same user leads to the host's /run",
+                 process of the same user leads to the host's",
             );
         }
-        text
+        Some(text)
     }
 
     /// In the child, in its mount namespace (after `/` was made private,
@@ -238,15 +289,13 @@ impl PrivateRun {
                 }
             })
             .collect::<Result<Vec<OwnedFd>, Errno>>()?;
-        let (uid, gid) = run_as.unwrap_or((0, 0));
-        let opts = format!("size=1M,mode=755,uid={uid},gid={gid}");
-        for dir in &self.dirs {
+        for t in &self.tmpfs {
             mount(
                 Some("tmpfs"),
-                dir,
+                t.path.as_path(),
                 Some("tmpfs"),
-                flags,
-                Some(opts.as_str()),
+                flags_of(t),
+                Some(t.options.as_str()),
             )?;
         }
         if let Some((uid, gid)) = run_as.filter(|_| !self.keep.is_empty()) {
@@ -291,6 +340,8 @@ mod tests {
 
     fn inputs<'a>(ro: &'a [PathBuf], rw: &'a [PathBuf]) -> Inputs<'a> {
         Inputs {
+            tmp_size: 1 << 20,
+            run_as: None,
             ca_bundle: None,
             host_network: false,
             ro,
@@ -310,6 +361,27 @@ mod tests {
         let rw = [PathBuf::from("/run/")];
         let err = plan(&inputs(&[], &rw)).unwrap_err();
         assert!(err.starts_with("--rw /run/: that is /run itself"), "{err}");
+        let rw = [PathBuf::from("/tmp")];
+        let err = plan(&inputs(&[], &rw)).unwrap_err();
+        assert!(err.starts_with("--rw /tmp: that is /tmp itself"), "{err}");
+    }
+
+    #[test]
+    fn the_private_tmpfs_are_sized_and_owned() {
+        let mut i = inputs(&[], &[]);
+        i.run_as = Some((65534, 65533));
+        let p = plan(&i).unwrap();
+        let tmp = p
+            .tmpfs
+            .iter()
+            .find(|t| t.path == Path::new("/tmp"))
+            .unwrap();
+        assert_eq!(tmp.options, "size=1048576,mode=1777");
+        assert_eq!(flags_of(tmp) & MsFlags::MS_NOEXEC, MsFlags::empty());
+        if let Some(run) = p.tmpfs.iter().find(|t| t.path == Path::new("/run")) {
+            assert_eq!(run.options, "size=1M,mode=755,uid=65534,gid=65533");
+            assert!(flags_of(run).contains(MsFlags::MS_NOEXEC));
+        }
     }
 
     #[test]
@@ -318,10 +390,17 @@ mod tests {
         let p = plan(&inputs(&ro, &[])).unwrap();
         assert!(p.keep.is_empty());
         assert!(p.chdir.is_none());
-        let text = p.describe(true);
-        assert!(text.starts_with("an empty tmpfs on"), "{text}");
+        let text = p.describe(false, true).unwrap();
+        assert!(
+            text.starts_with("tmpfs on /tmp (size=1048576,mode=1777)"),
+            "{text}"
+        );
+        assert!(text.contains(", empty: "), "{text}");
         assert!(!text.contains("PID namespace"), "{text}");
-        assert!(p.describe(false).contains("without a PID namespace"));
+        assert!(p
+            .describe(false, false)
+            .unwrap()
+            .contains("without a PID namespace"));
     }
 
     #[test]
