@@ -42,6 +42,9 @@ fn a_proxied_run_whose_supervisor_died_has_no_network_and_is_reaped() {
         assert!(Instant::now() < deadline, "the sleeps never started");
         std::thread::sleep(Duration::from_millis(20));
     };
+    // Held open to the end: it keeps the namespace (and so its number)
+    // from being reused by another namespace while the test looks for it.
+    let _pinned = std::fs::File::open(format!("/proc/{leftover}/ns/net")).unwrap();
     let netns = std::fs::read_link(format!("/proc/{leftover}/ns/net"))
         .unwrap()
         .to_string_lossy()

@@ -41,6 +41,15 @@ fn doctor_reports_every_layer() {
         assert!(check(&report, name)["detail"].as_str().is_some(), "{name}");
     }
     assert_eq!(rc == 0, report["run"]["would_start"] == true);
+    // As root with nft, the proxy's path is built for real and must work
+    // here (the network tests run on this machine).
+    let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists());
+    if is_root() && nft {
+        let c = check(&report, "proxy namespace");
+        assert_eq!(c["ok"], true, "{c}");
+    }
 }
 
 #[test]

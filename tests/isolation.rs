@@ -559,13 +559,16 @@ fn ro_and_rw_paths_under_run_are_kept_in_the_private_run() {
     std::fs::create_dir_all(&rw).unwrap();
     std::fs::write(base.join("sibling"), "hidden\n").unwrap();
     std::fs::write(ro.join("in"), "given\n").unwrap();
+    std::fs::write(ro.join("tool"), "#!/bin/sh\necho tool-ran\n").unwrap();
+    std::fs::set_permissions(ro.join("tool"), std::fs::Permissions::from_mode(0o755)).unwrap();
     for d in [&base, &ro, &rw] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
     let script = format!(
         "cat {ro}/in; echo x > {ro}/out 2>/dev/null && echo ro-written; \
          echo from-agent > {rw}/out && echo rw-written; \
-         [ -e {base}/sibling ] && echo sibling-visible; echo done",
+         [ -e {base}/sibling ] && echo sibling-visible; {ro}/tool; \
+         grep -q ' {ro} [^ ]* ro,' /proc/self/mountinfo && echo mounted-ro; echo done",
         ro = ro.display(),
         rw = rw.display(),
         base = base.display()
@@ -584,7 +587,12 @@ fn ro_and_rw_paths_under_run_are_kept_in_the_private_run() {
         assert!(!out.contains("ro-written"), "{user:?}: {out}");
         // Only the kept paths exist in the private /run (a stat, which
         // landlock does not govern, so this is the mount's doing).
-        assert!(out.ends_with("rw-written\ndone\n"), "{user:?}: {out}");
+        // The read-only bind is read-only as a mount (not only by landlock),
+        // and what --ro grants stays executable.
+        assert!(
+            out.ends_with("rw-written\ntool-ran\nmounted-ro\ndone\n"),
+            "{user:?}: {out}"
+        );
         assert!(!ro.join("out").exists());
         assert_eq!(
             std::fs::read_to_string(rw.join("out")).unwrap(),
@@ -709,6 +717,19 @@ fn a_working_directory_in_the_hosts_tmp_does_not_lead_back_to_it() {
         .as_str()
         .unwrap()
         .to_owned();
+    // Started from /tmp itself: the agent starts in its own, empty /tmp.
+    // (Its home must not be in /tmp: landlock grants the working directory
+    // and could not hide the home inside it.)
+    let h2 = Home::outside_tmp();
+    let o = h2
+        .cmd()
+        .current_dir("/tmp")
+        .args(["run", "-q", "--isolation", "standard", "--"])
+        .args(["sh", "-c", "pwd; ls -A | wc -l"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "/tmp\n0\n");
     assert!(
         detail.contains(&format!("{} (read-write)", work.display()))
             && detail.contains(&format!("{} (read-write)", granted.display())),

@@ -1,9 +1,10 @@
 //! Tier 2 (root): the agent's network namespace as `vallignus::net::netns`
 //! sets it up, against a real child in its own network namespace
 //! (`unshare -n sleep`): only loopback, the nft table, and the proxy's
-//! listening socket on the agent's 127.0.0.1. The only targets are
-//! addresses of this machine: loopback and the host's own addresses, which
-//! the namespace has no route to (so nothing is ever sent anywhere). Every
+//! listening socket on the agent's 127.0.0.1. The targets are loopback,
+//! the host's own addresses, a private address (10.0.0.1) and a
+//! documentation one (2001:db8::1); the namespace has no route to any of them, so
+//! nothing is ever sent anywhere. Every
 //! test kills its children (child guard) and drops its listeners, which
 //! removes their namespaces, even when it fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -371,4 +372,39 @@ fn the_probe_builds_the_path_in_a_throwaway_namespace() {
         .output()
         .unwrap();
     assert!(!String::from_utf8_lossy(&host.stdout).contains("table inet vallignus\n"));
+}
+
+/// What the agent does to its own namespace changes nothing: with its
+/// rules flushed, a veth pair of its own (both ends in its namespace) up
+/// with an address and a default route through it, the host's addresses
+/// and services stay out of reach (no link leads to the host: packets go
+/// nowhere).
+#[test]
+fn the_agent_cannot_make_a_way_out_of_its_namespace() {
+    let test = "the_agent_cannot_make_a_way_out_of_its_namespace";
+    if !available(test) {
+        return;
+    }
+    let host_service = TcpListener::bind("0.0.0.0:0").unwrap();
+    let service_port = host_service.local_addr().unwrap().port();
+    let child = NsChild::spawn();
+    let _listener = netns::setup(NsTarget::Pid(child.pid())).unwrap();
+    child.exec(&["nft", "flush", "ruleset"]);
+    let added = Command::new("nsenter")
+        .args(["-t", &child.pid().to_string(), "-n", "--", "sh", "-c"])
+        .arg(
+            "ip link add vlgx0 type veth peer name vlgx1 && ip addr add 10.213.255.1/24 dev vlgx0 \
+             && ip link set vlgx0 up && ip link set vlgx1 up && ip route add default dev vlgx0",
+        )
+        .status()
+        .unwrap();
+    if !added.success() {
+        return common::skip(test, "cannot make a veth pair in the namespace");
+    }
+    for a in host_ipv4_addresses() {
+        let addr = SocketAddr::V4(SocketAddrV4::new(a, service_port));
+        let r = child.inside(|| TcpStream::connect_timeout(&addr, Duration::from_millis(500)));
+        assert!(r.is_err(), "{addr} reached from the agent's namespace");
+    }
+    assert_nothing_queued(&host_service);
 }

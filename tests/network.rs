@@ -125,7 +125,17 @@ fn only_the_proxy_is_reachable_and_every_request_is_recorded() {
             .to_string_lossy(),
         netns
     );
-    assert_eq!(processes_in_netns(netns), Vec::<i32>::new());
+    // (Only this run's processes, recognised by the upstream's port in
+    // their command lines: once the namespace is gone its number may be
+    // reused at once by another test's run.)
+    let ours: Vec<i32> = processes_in_netns(netns)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&format!(":{port}/")))
+        })
+        .collect();
+    assert_eq!(ours, Vec::<i32>::new());
 }
 
 /// A process (other than vallignus itself) whose command line contains

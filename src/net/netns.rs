@@ -20,7 +20,7 @@
 //!   host's. A connection to any other address fails at once (no route;
 //!   the rules reject it too). (Unix sockets are files, not network: the
 //!   host's are kept from the agent by its private `/run`, see
-//!   `supervisor::child::private_run`.)
+//!   `supervisor::private_dirs`.)
 //! - No host-side object exists: no veth, no address to choose or to
 //!   collide with the host's, no host nft table. Nothing must be removed
 //!   at teardown or reaped after a crash: the namespace (and the rules in

@@ -80,6 +80,9 @@ impl fmt::Display for Stage {
 pub struct ChildError {
     pub stage: Stage,
     pub errno: i32,
+    /// Which item of the stage failed, 1-based (0: the stage as a whole);
+    /// for [`Stage::Mounts`], the kept path (`PrivateDirs::keep`).
+    pub detail: u16,
 }
 
 pub const MESSAGE_LEN: usize = 8;
@@ -87,17 +90,19 @@ pub const MESSAGE_LEN: usize = 8;
 impl ChildError {
     pub fn encode(&self) -> [u8; MESSAGE_LEN] {
         let mut out = [0u8; MESSAGE_LEN];
-        out[..4].copy_from_slice(&(self.stage as u32).to_le_bytes());
+        let word = self.stage as u32 | u32::from(self.detail) << 16;
+        out[..4].copy_from_slice(&word.to_le_bytes());
         out[4..].copy_from_slice(&self.errno.to_le_bytes());
         out
     }
 
     pub fn decode(buf: &[u8]) -> Option<Self> {
-        let stage = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?);
+        let word = u32::from_le_bytes(buf.get(..4)?.try_into().ok()?);
         let errno = i32::from_le_bytes(buf.get(4..8)?.try_into().ok()?);
         Some(Self {
-            stage: Stage::from_u32(stage)?,
+            stage: Stage::from_u32(word & 0xffff)?,
             errno,
+            detail: u16::try_from(word >> 16).ok()?,
         })
     }
 
@@ -135,17 +140,20 @@ mod tests {
         let e = ChildError {
             stage: Stage::Exec,
             errno: libc::ENOENT,
+            detail: 0,
         };
         assert_eq!(ChildError::decode(&e.encode()), Some(e));
         assert_eq!(e.exit_code(), 127);
         let e = ChildError {
             stage: Stage::Exec,
             errno: libc::EACCES,
+            detail: 0,
         };
         assert_eq!(e.exit_code(), 126);
         let e = ChildError {
             stage: Stage::Stdio,
             errno: libc::EBADF,
+            detail: 0,
         };
         assert_eq!(e.exit_code(), 125);
         assert!(e.to_string().contains("stdout/stderr"));

@@ -59,9 +59,15 @@ pub struct ChildFds {
 
 /// Report `stage` failed with `errno` to the supervisor and exit.
 fn fail(errors: &OwnedFd, stage: Stage, errno: Errno) -> ! {
+    fail_at(errors, stage, 0, errno)
+}
+
+/// [`fail`] naming which item of the stage failed (see `ChildError::detail`).
+fn fail_at(errors: &OwnedFd, stage: Stage, detail: u16, errno: Errno) -> ! {
     let report = ChildError {
         stage,
         errno: errno as i32,
+        detail,
     };
     // If the supervisor is gone there is nobody to tell: ignore the result.
     let _ = nix::unistd::write(errors, &report.encode());
@@ -147,11 +153,13 @@ pub fn run(plan: &mut ChildPlan, fds: ChildFds) -> ! {
         }
     }
 
-    // 7. Mount namespace: nothing propagates back to the host; a private,
-    //    size-limited /tmp and /dev/shm; the PID namespace's own /proc.
+    // 7. Mount namespace: nothing propagates back to the host; private,
+    //    size-limited /tmp and /dev/shm and an empty /run, with what the
+    //    run needs bound back (see private_dirs); the PID namespace's own
+    //    /proc.
     if ns.mount {
-        if let Err(e) = private_mounts(plan) {
-            fail(&errors, Stage::Mounts, e);
+        if let Err((detail, e)) = private_mounts(plan) {
+            fail_at(&errors, Stage::Mounts, detail, e);
         }
         // A landlock rule does not reach a filesystem mounted over its
         // path afterwards: add the rules on the new mounts again.
@@ -308,15 +316,17 @@ fn with_extra(env: &[CString], extra: &[CString]) -> Vec<CString> {
     out
 }
 
-fn private_mounts(plan: &ChildPlan) -> Result<(), Errno> {
+/// The mounts of the agent's mount namespace. An error carries which kept
+/// path failed (1-based; 0: none in particular), see `private_dirs`.
+fn private_mounts(plan: &ChildPlan) -> Result<(), (u16, Errno)> {
     let none: Option<&str> = None;
-    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)?;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).map_err(|e| (0, e))?;
     // Before /proc is replaced: kept paths are bound from /proc/self/fd.
     plan.private_dirs
         .apply(plan.run_as.map(|u| (u.uid, u.gid)))?;
     if plan.namespaces.pid {
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        mount(Some("proc"), "/proc", Some("proc"), flags, none)?;
+        mount(Some("proc"), "/proc", Some("proc"), flags, none).map_err(|e| (0, e))?;
     }
     Ok(())
 }

@@ -48,6 +48,8 @@ use nix::mount::{mount, MsFlags};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keep {
     pub path: PathBuf,
+    /// Why it is kept, for messages: `--ro`, `--rw`, `the CA bundle`, ….
+    pub origin: &'static str,
     /// Read-write (`--rw`, the working directory); otherwise read-only.
     pub writable: bool,
     is_dir: bool,
@@ -71,10 +73,11 @@ impl Keep {
     }
 
     /// What `path` is now, to be kept (see [`Keep::open_path`]).
-    fn open(path: PathBuf, writable: bool) -> Result<Self, Errno> {
+    fn open(path: PathBuf, origin: &'static str, writable: bool) -> Result<Self, Errno> {
         let (_, is_dir, id) = Self::open_path(&path)?;
         Ok(Self {
             path,
+            origin,
             writable,
             is_dir,
             id,
@@ -88,6 +91,18 @@ pub struct Tmpfs {
     pub path: PathBuf,
     /// Mount options (`size=…,mode=…`, and the owner for `/run`).
     pub options: String,
+    /// The agent's scratch space (`/tmp`, `/dev/shm`: executables allowed,
+    /// a grant of it is a no-op); otherwise a `/run` (no executables, a
+    /// grant of it is refused).
+    pub scratch: bool,
+}
+
+/// The deepest of `tmpfs` that `p` is in.
+fn tmpfs_of<'t>(tmpfs: &'t [Tmpfs], p: &Path) -> Option<&'t Tmpfs> {
+    tmpfs
+        .iter()
+        .filter(|t| p.starts_with(&t.path))
+        .max_by_key(|t| t.path.components().count())
 }
 
 /// What the child does (see the module documentation).
@@ -95,6 +110,10 @@ pub struct Tmpfs {
 pub struct PrivateDirs {
     /// The directories covered by a tmpfs, in mount order.
     pub tmpfs: Vec<Tmpfs>,
+    /// Symbolic links directly in the host's `/run` that lead outside the
+    /// private directories (NixOS's `/run/current-system`), made again in
+    /// the private one: (link, target as written).
+    pub links: Vec<(PathBuf, PathBuf)>,
     /// Bound back, shallowest first.
     pub keep: Vec<Keep>,
     /// The working directory to change into again after the mounts.
@@ -116,24 +135,53 @@ pub struct Inputs<'a> {
     pub cwd: Option<PathBuf>,
 }
 
-/// The private directories of a run (those that are directories here:
-/// `/dev/shm` may be missing, `/var/run` is usually a link to `/run`).
+/// The private directories of a run, in mount order: `/run`, and
+/// `/var/run` when it is a directory of its own; then `/tmp` and
+/// `/dev/shm` where they lead (either may be a link, e.g. `/dev/shm` to
+/// `/run/shm`, which is then made in the private `/run` first).
 fn private_tmpfs(tmp_size: u64, run_owner: (u32, u32)) -> Vec<Tmpfs> {
     let tmp = format!("size={tmp_size},mode=1777");
     let run = format!("size=1M,mode=755,uid={},gid={}", run_owner.0, run_owner.1);
-    [
-        ("/tmp", &tmp),
-        ("/dev/shm", &tmp),
-        ("/run", &run),
-        ("/var/run", &run),
-    ]
-    .into_iter()
-    .filter(|(d, _)| std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
-    .map(|(d, o)| Tmpfs {
-        path: PathBuf::from(d),
-        options: o.clone(),
-    })
-    .collect()
+    let mut out: Vec<Tmpfs> = ["/run", "/var/run"]
+        .into_iter()
+        .filter(|d| std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()))
+        .map(|d| Tmpfs {
+            path: PathBuf::from(d),
+            options: run.clone(),
+            scratch: false,
+        })
+        .collect();
+    for d in ["/tmp", "/dev/shm"] {
+        if let Ok(real) = std::fs::canonicalize(d) {
+            if real.is_dir() && !out.iter().any(|t| t.path == real) {
+                out.push(Tmpfs {
+                    path: real,
+                    options: tmp.clone(),
+                    scratch: true,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Links directly in `/run` whose target lies outside every private
+/// directory: harmless to make again (what they lead to is reachable by
+/// its own path anyway), and some systems need them (NixOS's PATH).
+fn run_links(dirs: &[PathBuf]) -> Vec<(PathBuf, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir("/run") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_symlink()))
+        .filter_map(|e| {
+            let link = e.path();
+            let target = std::fs::read_link(&link).ok()?;
+            let real = std::fs::canonicalize(&link).ok()?;
+            (!dirs.iter().any(|d| real.starts_with(d))).then_some((link, target))
+        })
+        .collect()
 }
 
 /// Plan the private directories of a run; an error names the flag and
@@ -149,14 +197,14 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<PrivateDirs, String> {
     let mut keep = Vec::new();
     if let Some(bundle) = inputs.ca_bundle.and_then(&hidden) {
         keep.push(
-            Keep::open(bundle.clone(), false)
+            Keep::open(bundle.clone(), "the CA bundle", false)
                 .map_err(|e| format!("cannot open the CA bundle {}: {e}", bundle.display()))?,
         );
     }
     if inputs.host_network {
         if let Some(resolv) = hidden(Path::new("/etc/resolv.conf")) {
             // Without it the agent only loses name resolution.
-            if let Ok(k) = Keep::open(resolv, false) {
+            if let Ok(k) = Keep::open(resolv, "/etc/resolv.conf", false) {
                 keep.push(k);
             }
         }
@@ -165,44 +213,53 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<PrivateDirs, String> {
         for p in paths {
             let Some(c) = hidden(p) else { continue };
             if dirs.contains(&c) {
+                if tmpfs_of(&tmpfs, &c).is_some_and(|t| t.scratch) {
+                    // The agent's own /tmp: read-write, whatever the flag.
+                    continue;
+                }
                 return Err(format!(
-                    "{flag} {}: that is {} itself, which the agent gets as its own tmpfs (the \
-                     host's holds other programs' sockets and files); grant the paths under it \
-                     that the agent needs",
+                    "{flag} {}: that is {} itself, which the agent gets as its own empty tmpfs \
+                     (the host's holds its daemons' sockets: Docker, systemd, D-Bus); grant the \
+                     paths under it that the agent needs",
                     p.display(),
                     c.display()
                 ));
             }
-            keep.push(Keep::open(c.clone(), writable).map_err(|e| {
+            keep.push(Keep::open(c.clone(), flag, writable).map_err(|e| {
                 format!("{flag} {}: cannot open {}: {e}", p.display(), c.display())
             })?);
         }
     }
     let mut chdir = None;
     if let Some(cwd) = inputs.cwd.as_deref().and_then(&hidden) {
-        if dirs.contains(&cwd) {
-            return Err(format!(
-                "the working directory is {}, which the agent gets as its own empty tmpfs: \
-                 start the run from another directory",
-                cwd.display()
-            ));
-        }
-        if !keep.iter().any(|k| k.is_dir && cwd.starts_with(&k.path)) {
-            keep.push(Keep::open(cwd.clone(), true).map_err(|e| {
-                format!("cannot open the working directory {}: {e}", cwd.display())
-            })?);
+        // A private directory itself: the agent starts in its own (empty)
+        // one. Below one: kept, read-write as landlock grants it.
+        let covered =
+            dirs.contains(&cwd) || keep.iter().any(|k| k.is_dir && cwd.starts_with(&k.path));
+        if !covered {
+            keep.push(
+                Keep::open(cwd.clone(), "the working directory", true).map_err(|e| {
+                    format!("cannot open the working directory {}: {e}", cwd.display())
+                })?,
+            );
         }
         chdir = Some(cwd);
     }
     keep.sort_by_key(|k| k.path.components().count());
-    Ok(PrivateDirs { tmpfs, keep, chdir })
+    let links = run_links(&dirs);
+    Ok(PrivateDirs {
+        tmpfs,
+        links,
+        keep,
+        chdir,
+    })
 }
 
 /// `/tmp` and `/dev/shm` may hold executables (build tools run them);
 /// `/run` may not.
 fn flags_of(t: &Tmpfs) -> MsFlags {
     let base = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    if t.path.starts_with("/tmp") || t.path.starts_with("/dev/shm") {
+    if t.scratch {
         base
     } else {
         base | MsFlags::MS_NOEXEC
@@ -217,15 +274,14 @@ impl PrivateDirs {
     /// its own `/proc` (without one, `/proc/<pid>/root` of a process of the
     /// same user still leads to the host's directories).
     pub fn describe(&self, run: bool, pid_namespace: bool) -> Option<String> {
-        let of_kind = |p: &Path| (p.starts_with("/run") || p.starts_with("/var/run")) == run;
-        let tmpfs: Vec<&Tmpfs> = self.tmpfs.iter().filter(|t| of_kind(&t.path)).collect();
+        let tmpfs: Vec<&Tmpfs> = self.tmpfs.iter().filter(|t| t.scratch != run).collect();
         if tmpfs.is_empty() {
             return None;
         }
         let keep: Vec<&Keep> = self
             .keep
             .iter()
-            .filter(|k| tmpfs.iter().any(|t| k.path.starts_with(&t.path)))
+            .filter(|k| tmpfs_of(&self.tmpfs, &k.path).is_some_and(|t| t.scratch != run))
             .collect();
         let dirs: Vec<String> = tmpfs
             .iter()
@@ -249,9 +305,10 @@ impl PrivateDirs {
             text.push_str(&format!(", with only {} of the host's", kept.join(", ")));
         }
         text.push_str(if run {
-            ": the host's daemon sockets there (Docker's, systemd's, D-Bus) are out of reach"
+            ": the host's daemon sockets there (Docker's, systemd's, D-Bus), reached by path, \
+             are out of reach"
         } else {
-            ": the host's files and sockets there (ssh-agent's, X11's) are out of reach"
+            ": the host's files and sockets there (ssh-agent's), reached by path, are out of reach"
         });
         if keep.iter().any(|k| k.is_dir) {
             text.push_str(", except any inside a kept directory");
@@ -272,37 +329,45 @@ impl PrivateDirs {
     /// file cannot be created under an unmapped id: EOVERFLOW), so the
     /// filesystem ids are switched to them here. They are not switched
     /// back: the uid drop that follows sets them for good.
-    pub fn apply(&self, run_as: Option<(u32, u32)>) -> Result<(), Errno> {
+    /// An error carries which kept path failed (1-based, 0: none in
+    /// particular; see `ChildError::detail`).
+    pub fn apply(&self, run_as: Option<(u32, u32)>) -> Result<(), (u16, Errno)> {
         let none: Option<&str> = None;
-        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        let at = |i: usize| move |e: Errno| (u16::try_from(i + 1).unwrap_or(u16::MAX), e);
+        let whole = |e: Errno| (0u16, e);
         // What is kept, opened before the tmpfs hides it, and checked to be
         // what the supervisor vetted (not replaced in between).
-        let sources = self
-            .keep
-            .iter()
-            .map(|k| {
-                let (fd, _, id) = Keep::open_path(&k.path)?;
-                if id == k.id {
-                    Ok(fd)
-                } else {
-                    Err(Errno::ESTALE)
-                }
-            })
-            .collect::<Result<Vec<OwnedFd>, Errno>>()?;
+        let mut sources = Vec::with_capacity(self.keep.len());
+        for (i, k) in self.keep.iter().enumerate() {
+            let (fd, _, id) = Keep::open_path(&k.path).map_err(at(i))?;
+            if id != k.id {
+                return Err(at(i)(Errno::ESTALE));
+            }
+            sources.push(fd);
+        }
         for t in &self.tmpfs {
+            // A link's target (/dev/shm -> /run/shm) may be inside a
+            // private directory mounted just before.
+            std::fs::create_dir_all(&t.path).map_err(|e| whole(io_errno(&e)))?;
             mount(
                 Some("tmpfs"),
                 t.path.as_path(),
                 Some("tmpfs"),
                 flags_of(t),
                 Some(t.options.as_str()),
-            )?;
+            )
+            .map_err(whole)?;
         }
-        if let Some((uid, gid)) = run_as.filter(|_| !self.keep.is_empty()) {
+        let creates = !self.keep.is_empty() || !self.links.is_empty();
+        if let Some((uid, gid)) = run_as.filter(|_| creates) {
             nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
             nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
         }
-        for k in &self.keep {
+        for (link, target) in &self.links {
+            // Best effort: a link the agent does not need is no loss.
+            let _ = std::os::unix::fs::symlink(target, link);
+        }
+        for (i, k) in self.keep.iter().enumerate() {
             let made = if k.is_dir {
                 std::fs::create_dir_all(&k.path)
             } else {
@@ -311,26 +376,36 @@ impl PrivateDirs {
                     .map_or(Ok(()), std::fs::create_dir_all)
                     .and_then(|()| std::fs::File::create(&k.path).map(drop))
             };
-            made.map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+            made.map_err(|e| at(i)(io_errno(&e)))?;
         }
-        for (k, fd) in self.keep.iter().zip(&sources) {
+        for (i, (k, fd)) in self.keep.iter().zip(&sources).enumerate() {
             let source = format!("/proc/self/fd/{}", fd.as_raw_fd());
-            let bind = if k.writable {
-                MsFlags::MS_BIND | MsFlags::MS_REC
-            } else {
-                MsFlags::MS_BIND
-            };
-            mount(Some(source.as_str()), k.path.as_path(), none, bind, none)?;
+            // With the mounts below it: a directory with locked submounts
+            // (any host mount, in a user namespace) cannot be bound alone.
+            let bind = MsFlags::MS_BIND | MsFlags::MS_REC;
+            mount(Some(source.as_str()), k.path.as_path(), none, bind, none).map_err(at(i))?;
             if !k.writable {
-                let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags;
-                mount(none, k.path.as_path(), none, ro, none)?;
+                // Read-only down the whole tree; executables stay
+                // executable (landlock grants --ro as read+execute).
+                crate::sys::make_tree_read_only(&k.path).map_err(|e| at(i)(io_errno(&e)))?;
             }
         }
         if let Some(dir) = &self.chdir {
-            nix::unistd::chdir(dir.as_path())?;
+            nix::unistd::chdir(dir.as_path()).map_err(whole)?;
         }
         Ok(())
     }
+
+    /// The kept path a child error names (`ChildError::detail`), with why
+    /// it is kept.
+    pub fn kept(&self, detail: u16) -> Option<(&Path, &'static str)> {
+        let k = self.keep.get(usize::from(detail).checked_sub(1)?)?;
+        Some((k.path.as_path(), k.origin))
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 #[cfg(test)]
@@ -351,7 +426,7 @@ mod tests {
     }
 
     #[test]
-    fn granting_run_itself_is_refused() {
+    fn granting_run_itself_is_refused_and_tmp_itself_is_a_no_op() {
         if !Path::new("/run").is_dir() {
             return;
         }
@@ -361,9 +436,9 @@ mod tests {
         let rw = [PathBuf::from("/run/")];
         let err = plan(&inputs(&[], &rw)).unwrap_err();
         assert!(err.starts_with("--rw /run/: that is /run itself"), "{err}");
+        // /tmp itself is the agent's own scratch space: nothing to keep.
         let rw = [PathBuf::from("/tmp")];
-        let err = plan(&inputs(&[], &rw)).unwrap_err();
-        assert!(err.starts_with("--rw /tmp: that is /tmp itself"), "{err}");
+        assert!(plan(&inputs(&[], &rw)).unwrap().keep.is_empty());
     }
 
     #[test]

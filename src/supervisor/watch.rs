@@ -606,14 +606,17 @@ pub fn watch(
                 ack_events(f);
             }
         }
-        if let (Some(slot), Some(p)) = (proxy_slot, proxy.as_deref_mut()) {
-            if !revents[slot].is_empty() {
+        if let Some(p) = proxy.as_deref_mut() {
+            if proxy_slot.is_some_and(|slot| !revents[slot].is_empty()) {
                 lp.on_proxy(p);
-                if !p.is_listening() && !proxy_stopped {
-                    // Its only route led to the proxy: no network from now on.
-                    proxy_stopped = true;
-                    lp.emit(&Event::ProxyStopped {});
-                }
+            }
+            // Checked on every pass: the proxy's thread may have ended (and
+            // its slot gone) while this loop was busy with something else.
+            if !p.is_listening() && !proxy_stopped {
+                lp.on_proxy(p);
+                // Its only route led to the proxy: no network from now on.
+                proxy_stopped = true;
+                lp.emit(&Event::ProxyStopped {});
             }
         }
         for (i, w) in limit_watches.iter_mut().enumerate() {
