@@ -568,7 +568,8 @@ fn ro_and_rw_paths_under_run_are_kept_in_the_private_run() {
         "cat {ro}/in; echo x > {ro}/out 2>/dev/null && echo ro-written; \
          echo from-agent > {rw}/out && echo rw-written; \
          [ -e {base}/sibling ] && echo sibling-visible; {ro}/tool; \
-         grep -q ' {ro} [^ ]* ro,' /proc/self/mountinfo && echo mounted-ro; echo done",
+         awk '$5 == \"{ro}\" && $6 ~ /^ro(,|$)/ {{ found = 1 }} END {{ exit !found }}' \
+         /proc/self/mountinfo && echo mounted-ro; echo done",
         ro = ro.display(),
         rw = rw.display(),
         base = base.display()
