@@ -14,6 +14,7 @@
 //! (temp file + rename); a session id from the command line is validated
 //! before it is joined to any path.
 
+pub mod direct;
 pub mod event;
 pub mod id;
 pub mod meta;

@@ -86,7 +86,11 @@ struct EventSink<W> {
 
 impl<W: Write> EventSink<W> {
     /// Fill in every event's `prev`, write the batch, and leave it empty.
+    /// An empty batch asks for a flush (see [`EventWriter::flush`]).
     fn write(&mut self, batch: &mut Batch) -> io::Result<()> {
+        if batch.bytes.is_empty() {
+            return self.flush();
+        }
         let mut pos = 0;
         for (head, state) in batch.events.drain(..) {
             let hole = pos + head as usize;
@@ -127,7 +131,11 @@ struct RawLogs<W> {
 }
 
 impl<W: Write> RawLogs<W> {
+    /// Write both streams' output; an empty batch asks for a flush.
     fn write(&mut self, raw: &mut RawBatch) -> io::Result<()> {
+        if raw.iter().all(Vec::is_empty) {
+            return self.flush();
+        }
         for (i, bytes) in raw.iter_mut().enumerate() {
             if !bytes.is_empty() {
                 self.files[i]
@@ -516,7 +524,8 @@ impl<W: Write + Send + 'static> EventWriter<W> {
 
     /// Hand everything batched so far on to the files. Inline, it is
     /// written (and the sink flushed) before this returns; threaded, the
-    /// writer thread writes it next, without this waiting for it.
+    /// writer threads write and flush it next (an empty item after the
+    /// batch asks them to), without this waiting for them.
     pub fn flush(&mut self) -> io::Result<()> {
         self.send_batch()?;
         match &mut self.backend {
@@ -526,7 +535,13 @@ impl<W: Write + Send + 'static> EventWriter<W> {
                 }
                 events.flush()
             }
-            Backend::Thread { .. } => Ok(()),
+            Backend::Thread { events, logs } => {
+                if let Some(logs) = logs {
+                    let _ = logs.send(RawBatch::default(), Default::default)?;
+                }
+                let _ = events.send(Batch::default(), Batch::with_capacity)?;
+                Ok(())
+            }
             Backend::Done => Err(writer_error()),
         }
     }

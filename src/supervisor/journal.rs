@@ -7,14 +7,14 @@
 //! about to wait (see `watch`), so a supervisor killed with SIGKILL loses
 //! at most the output that arrived in its last busy stretch.
 
-use std::fs::File;
 use std::io;
 
+use crate::session::direct::DirectFile;
 use crate::session::writer::Finished;
 use crate::session::{Event, EventWriter, Stream};
 
 pub struct Journal {
-    writer: Option<EventWriter<File>>,
+    writer: Option<EventWriter<DirectFile>>,
 }
 
 impl Journal {
@@ -23,7 +23,7 @@ impl Journal {
         Self { writer: None }
     }
 
-    pub fn new(writer: EventWriter<File>) -> Self {
+    pub fn new(writer: EventWriter<DirectFile>) -> Self {
         Self {
             writer: Some(writer),
         }
@@ -76,7 +76,7 @@ impl Journal {
 
     /// Write out everything and stop the writer threads. Returns what the
     /// seal needs (the last event's hash, the logs' hashes), if recording.
-    pub fn finish(&mut self) -> io::Result<Option<Finished<File>>> {
+    pub fn finish(&mut self) -> io::Result<Option<Finished<DirectFile>>> {
         match &mut self.writer {
             Some(w) => w.finish().map(Some),
             None => Ok(None),

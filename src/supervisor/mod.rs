@@ -1165,7 +1165,7 @@ fn seal_session(
     home: &std::path::Path,
     dir: &std::path::Path,
     id: &str,
-    chain: Option<&crate::session::writer::Finished<std::fs::File>>,
+    chain: Option<&crate::session::writer::Finished<crate::session::direct::DirectFile>>,
     events: u64,
     sync: record::FinalSync,
 ) {

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::session::direct::DirectFile;
 use crate::session::meta::{env_summary, Limits, SupervisorInfo};
 use crate::session::store::{create_private_file, save_meta_with, SessionError, Store};
 use crate::session::{EventWriter, SessionMeta, Status};
@@ -59,8 +60,19 @@ impl Record {
         if let Some(sup) = &meta.supervisor {
             store.mark_running(&session_id, sup.pid, sup.start_time)?;
         }
-        // Unbuffered files: the writer writes whole batches.
-        let writer = EventWriter::with_logs(events, [stdout_log, stderr_log], &session_id, started);
+        // Written in whole aligned blocks with O_DIRECT where the file
+        // system takes it (see session::direct): the writer's batches are
+        // gathered there, not in a BufWriter.
+        let direct = |file, name: &str| DirectFile::new(file, &dir.join(name));
+        let writer = EventWriter::with_logs(
+            direct(events, "events.jsonl"),
+            [
+                direct(stdout_log, "stdout.log"),
+                direct(stderr_log, "stderr.log"),
+            ],
+            &session_id,
+            started,
+        );
         let journal = Journal::new(writer);
         Ok((Self { store, dir, meta }, journal))
     }
