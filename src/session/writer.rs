@@ -13,6 +13,11 @@
 //!   each log for the seal (so a log of gigabytes is not read back and
 //!   hashed after the agent has exited).
 //!
+//! The supervisor's sinks are `session::direct::DirectFile`s, which write
+//! whole blocks with `O_DIRECT` from a thread of their own; a flush (here:
+//! an empty item handed to a writer thread) makes them write the partial
+//! last block too, so a running session can be read as it grows.
+//!
 //! The threads start with the first full batch after
 //! [`EventWriter::allow_threads`] (the supervisor forks first); before that,
 //! and for a run with little output, the same work is done in the calling
