@@ -175,11 +175,40 @@ impl std::fmt::Display for NsTarget<'_> {
 /// documentation): loopback up, the rules applied, and the proxy's
 /// listening socket at [`PROXY_ADDR`] in it, which is returned.
 pub fn setup(target: NsTarget<'_>) -> Result<TcpListener, NetError> {
-    // Fail closed before any change: the tool and the target.
+    // Fail closed before any change: the tool, the target, and (on the
+    // helper thread, once it has joined the target's namespace) that it is
+    // not our own.
     let nft_bin = nft::locate()?;
-    let ns = open_target_netns(target)?;
     let name = target.to_string();
-    in_netns(ns.as_fd(), &name, || build(&nft_bin, &name))
+    let open_err = |source| NetError::OpenNamespace {
+        target: name.clone(),
+        source,
+    };
+    let ours = namespace_id().map_err(open_err)?;
+    let opened: OwnedFd;
+    let ns = match target {
+        // setns(2) takes a pidfd directly (Linux 5.8).
+        NsTarget::Pidfd { pidfd, .. } => pidfd,
+        NsTarget::Pid(pid) => {
+            opened = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+                .map_err(open_err)?
+                .into();
+            opened.as_fd()
+        }
+    };
+    in_netns(ns, &name, || {
+        if namespace_id().map_err(open_err)? == ours {
+            return Err(NetError::SameNamespace {
+                target: name.clone(),
+            });
+        }
+        build(&nft_bin, &name)
+    })
+}
+
+/// Device and inode of the calling thread's network namespace.
+fn namespace_id() -> io::Result<(u64, u64)> {
+    std::fs::metadata("/proc/thread-self/ns/net").map(|m| (m.dev(), m.ino()))
 }
 
 /// What [`setup`] does, in a throwaway namespace of a helper thread (for
@@ -270,32 +299,4 @@ fn on_helper_thread<T: Send>(
             target: target.to_owned(),
         })?
     })
-}
-
-/// An nsfs fd for the target's network namespace, checked to differ from
-/// the caller's.
-fn open_target_netns(target: NsTarget<'_>) -> Result<OwnedFd, NetError> {
-    let name = target.to_string();
-    let open_err = |source| NetError::OpenNamespace {
-        target: name.clone(),
-        source,
-    };
-    let ns: OwnedFd = match target {
-        NsTarget::Pid(pid) => std::fs::File::open(format!("/proc/{pid}/ns/net"))
-            .map_err(open_err)?
-            .into(),
-        NsTarget::Pidfd { pidfd, .. } => in_netns(pidfd, &name, || {
-            std::fs::File::open("/proc/thread-self/ns/net")
-                .map(OwnedFd::from)
-                .map_err(open_err)
-        })?,
-    };
-    let theirs = std::fs::File::from(ns.try_clone().map_err(open_err)?)
-        .metadata()
-        .map_err(open_err)?;
-    let ours = std::fs::metadata("/proc/thread-self/ns/net").map_err(open_err)?;
-    if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
-        return Err(NetError::SameNamespace { target: name });
-    }
-    Ok(ns)
 }
