@@ -103,6 +103,8 @@ pub struct DirectFile {
     len: usize,
     /// File offset of its first byte (a multiple of [`BLOCK`]).
     offset: u64,
+    /// A window written out and back for reuse.
+    spare: Option<Window>,
     writer: Option<Writer>,
 }
 
@@ -122,39 +124,37 @@ impl DirectFile {
             window: Window::new(),
             len: 0,
             offset: 0,
+            spare: None,
             writer: None,
         }
     }
 
-    /// Whether blocks still go out with `O_DIRECT` (for tests).
-    pub fn is_direct(&self) -> bool {
-        self.files.lock().is_ok_and(|f| f.direct.is_some())
-    }
-
-    /// Wait for the window in flight, if any; returns it for reuse.
-    fn settle(&mut self) -> io::Result<Option<Window>> {
+    /// Wait for the window in flight, if any, and keep it for reuse.
+    fn settle(&mut self) -> io::Result<()> {
         let Some(w) = self.writer.as_mut().filter(|w| w.in_flight) else {
-            return Ok(None);
+            return Ok(());
         };
         w.in_flight = false;
         match w.done.recv() {
-            Ok(result) => result.map(Some),
+            Ok(result) => {
+                self.spare = Some(result?);
+                Ok(())
+            }
             Err(_) => Err(io::Error::other("the session file writer thread stopped")),
         }
     }
 
-    /// Hand the window's whole blocks to the writer thread (started on
-    /// first use) and go on with the rest in a fresh window.
-    fn send_blocks(&mut self) -> io::Result<()> {
+    /// The window's whole blocks as a job, the rest moved to a fresh
+    /// window (the spare one once the window in flight is back); `None`
+    /// when not one block is full.
+    fn take_blocks(&mut self) -> io::Result<Option<Job>> {
         let n = self.len / BLOCK * BLOCK;
         if n == 0 {
-            return Ok(());
+            return Ok(None);
         }
-        let spare = match self.settle()? {
-            Some(w) => w,
-            None => Window::new(),
-        };
-        let full = std::mem::replace(&mut self.window, spare);
+        self.settle()?;
+        let fresh = self.spare.take().unwrap_or_else(Window::new);
+        let full = std::mem::replace(&mut self.window, fresh);
         let rest = self.len - n;
         self.window.bytes_mut()[..rest].copy_from_slice(&full.bytes(self.len)[n..]);
         let job = Job {
@@ -164,6 +164,15 @@ impl DirectFile {
         };
         self.len = rest;
         self.offset += n as u64;
+        Ok(Some(job))
+    }
+
+    /// Hand the window's whole blocks to the writer thread (started on
+    /// first use) and go on with the rest.
+    fn send_blocks(&mut self) -> io::Result<()> {
+        let Some(job) = self.take_blocks()? else {
+            return Ok(());
+        };
         let writer = match &mut self.writer {
             Some(w) => w,
             None => self.writer.insert(spawn_writer(Arc::clone(&self.files))?),
@@ -223,24 +232,17 @@ impl Write for DirectFile {
     /// are waited for, the whole blocks waiting are written, and the
     /// partial last block goes through the page cache.
     fn flush(&mut self) -> io::Result<()> {
-        if let Some(w) = self.settle()? {
-            // Keep it for the next window swap.
-            drop(w);
-        }
-        let n = self.len / BLOCK * BLOCK;
+        // Written here, not by the thread: a run with little output never
+        // starts one.
+        let job = self.take_blocks()?;
+        self.settle()?;
         let mut files = self
             .files
             .lock()
             .map_err(|_| io::Error::other("session file lock poisoned"))?;
-        if n > 0 {
-            files.write_blocks(self.window.bytes(n), self.offset)?;
-            let rest = self.len - n;
-            let start = self.window.start;
-            self.window
-                .buf
-                .copy_within(start + n..start + self.len, start);
-            self.len = rest;
-            self.offset += n as u64;
+        if let Some(job) = job {
+            files.write_blocks(job.window.bytes(job.len), job.offset)?;
+            self.spare = Some(job.window);
         }
         if self.len > 0 {
             files
