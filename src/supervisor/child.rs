@@ -74,7 +74,7 @@ fn fail_at(errors: &OwnedFd, stage: Stage, detail: u16, errno: Errno) -> ! {
     sys::exit_now(i32::from(report.exit_code()))
 }
 
-fn io_errno(e: &std::io::Error) -> Errno {
+pub(super) fn io_errno(e: &std::io::Error) -> Errno {
     e.raw_os_error().map_or(Errno::EINVAL, Errno::from_raw)
 }
 
@@ -322,8 +322,7 @@ fn private_mounts(plan: &ChildPlan) -> Result<(), (u16, Errno)> {
     let none: Option<&str> = None;
     mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).map_err(|e| (0, e))?;
     // Before /proc is replaced: kept paths are bound from /proc/self/fd.
-    plan.private_dirs
-        .apply(plan.run_as.map(|u| (u.uid, u.gid)))?;
+    plan.private_dirs.apply()?;
     if plan.namespaces.pid {
         let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         mount(Some("proc"), "/proc", Some("proc"), flags, none).map_err(|e| (0, e))?;

@@ -438,16 +438,10 @@ fn run_session(
     let started_ok = network.and_then(|net| {
         let env = net.as_ref().map(|n| n.env.clone()).unwrap_or_default();
         pending.go(&env).map(|()| net).map_err(|e| match e {
-            SpawnError::Child(c) if c.stage == channel::Stage::Mounts => {
-                match plan.private_dirs.kept(c.detail) {
-                    Some((path, origin)) => RunError::Unsupported(format!(
-                        "cannot keep {} ({origin}) in the agent's private directories: {}",
-                        path.display(),
-                        nix::errno::Errno::from_raw(c.errno).desc()
-                    )),
-                    None => RunError::from(SpawnError::Child(c)),
-                }
-            }
+            SpawnError::Child(c) if c.stage == channel::Stage::Mounts => plan
+                .private_dirs
+                .failure(c.detail, nix::errno::Errno::from_raw(c.errno))
+                .map_or(RunError::from(e), RunError::Unsupported),
             other => RunError::from(other),
         })
     });

@@ -17,9 +17,10 @@
 //! - the run's CA bundle (TLS interception, under `/run`), read-only;
 //! - with the host's network, the file `/etc/resolv.conf` points to when
 //!   that is under `/run`, read-only (if it can be opened);
-//! - what `--ro` and `--rw` grant under a private directory, as granted (a
-//!   grant of the directory itself is refused: it would give back the
-//!   host's). A kept directory keeps the sockets inside it;
+//! - what `--ro` and `--rw` grant under a private directory, as granted. A
+//!   grant of `/run` itself is refused (it would give back every daemon
+//!   socket); one of `/tmp` or `/dev/shm` itself is the agent's own tmpfs
+//!   already. A kept directory keeps the sockets inside it;
 //! - the working directory when it is under one of them (read-write, as
 //!   landlock grants it); the child changes into it again after the
 //!   mounts, so `..` walks the private directory and not the host's.
@@ -33,16 +34,18 @@
 //! be opened is an error naming the flag, except the resolver file.
 //!
 //! In the child ([`PrivateDirs::apply`]): the handles, the tmpfs mounts,
-//! placeholders for the kept paths (shallow first, so a kept directory
-//! never hides a deeper kept file), then the binds: read-only ones without
-//! their submounts and remounted read-only, read-write ones with their
-//! submounts.
+//! the links, placeholders for the kept paths (shallow first, so a kept
+//! directory never hides a deeper kept file), then the binds, each with
+//! its submounts (a directory with locked mounts cannot be bound alone);
+//! read-only ones are then made read-only down the whole tree.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
+
+use super::child::io_errno;
 
 /// One file or directory of the host's bound into a private directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +121,8 @@ pub struct PrivateDirs {
     pub keep: Vec<Keep>,
     /// The working directory to change into again after the mounts.
     pub chdir: Option<PathBuf>,
+    /// See [`Inputs::run_as`]: what the child creates is owned by them.
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// What the plan is built from.
@@ -252,6 +257,7 @@ pub fn plan(inputs: &Inputs<'_>) -> Result<PrivateDirs, String> {
         links,
         keep,
         chdir,
+        run_as: inputs.run_as,
     })
 }
 
@@ -324,14 +330,14 @@ impl PrivateDirs {
 
     /// In the child, in its mount namespace (after `/` was made private,
     /// before `/proc` is replaced: the binds come from `/proc/self/fd`).
-    /// `run_as`: the `--user` ids, which are then the only ones the user
-    /// namespace maps; what the child creates must be owned by them (a
-    /// file cannot be created under an unmapped id: EOVERFLOW), so the
-    /// filesystem ids are switched to them here. They are not switched
-    /// back: the uid drop that follows sets them for good.
+    /// With `--user`, its ids are the only ones the user namespace maps;
+    /// what the child creates must be owned by them (a file cannot be
+    /// created under an unmapped id: EOVERFLOW), so the filesystem ids are
+    /// switched to them here. They are not switched back: the uid drop
+    /// that follows sets them for good.
     /// An error carries which kept path failed (1-based, 0: none in
     /// particular; see `ChildError::detail`).
-    pub fn apply(&self, run_as: Option<(u32, u32)>) -> Result<(), (u16, Errno)> {
+    pub fn apply(&self) -> Result<(), (u16, Errno)> {
         let none: Option<&str> = None;
         let at = |i: usize| move |e: Errno| (u16::try_from(i + 1).unwrap_or(u16::MAX), e);
         let whole = |e: Errno| (0u16, e);
@@ -359,7 +365,7 @@ impl PrivateDirs {
             .map_err(whole)?;
         }
         let creates = !self.keep.is_empty() || !self.links.is_empty();
-        if let Some((uid, gid)) = run_as.filter(|_| creates) {
+        if let Some((uid, gid)) = self.run_as.filter(|_| creates) {
             nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
             nix::unistd::setfsgid(nix::unistd::Gid::from_raw(gid));
         }
@@ -396,16 +402,18 @@ impl PrivateDirs {
         Ok(())
     }
 
-    /// The kept path a child error names (`ChildError::detail`), with why
-    /// it is kept.
-    pub fn kept(&self, detail: u16) -> Option<(&Path, &'static str)> {
+    /// The message for a failed [`PrivateDirs::apply`] that names a kept
+    /// path (`ChildError::detail`, 1-based), with why it is kept; `None`
+    /// when the error names none.
+    pub fn failure(&self, detail: u16, errno: Errno) -> Option<String> {
         let k = self.keep.get(usize::from(detail).checked_sub(1)?)?;
-        Some((k.path.as_path(), k.origin))
+        Some(format!(
+            "cannot keep {} ({}) in the agent's private directories: {}",
+            k.path.display(),
+            k.origin,
+            errno.desc()
+        ))
     }
-}
-
-fn io_errno(e: &std::io::Error) -> Errno {
-    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 #[cfg(test)]

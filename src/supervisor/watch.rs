@@ -607,13 +607,13 @@ pub fn watch(
             }
         }
         if let Some(p) = proxy.as_deref_mut() {
-            if proxy_slot.is_some_and(|slot| !revents[slot].is_empty()) {
-                lp.on_proxy(p);
-            }
             // Checked on every pass: the proxy's thread may have ended (and
             // its slot gone) while this loop was busy with something else.
-            if !p.is_listening() && !proxy_stopped {
+            let stopped_now = !proxy_stopped && !p.is_listening();
+            if stopped_now || proxy_slot.is_some_and(|slot| !revents[slot].is_empty()) {
                 lp.on_proxy(p);
+            }
+            if stopped_now {
                 // Its only route led to the proxy: no network from now on.
                 proxy_stopped = true;
                 lp.emit(&Event::ProxyStopped {});
