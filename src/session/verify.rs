@@ -525,7 +525,7 @@ fn compare_files(dir: &Path, seal: &Seal, findings: &mut Vec<Finding>) {
             ));
             continue;
         };
-        match seal::hash_file(&dir.join(name)) {
+        match seal::hash_file(&dir.join(name), seal.file_hash()) {
             Ok(h) if &h == expected => meta_intact |= name == "session.json",
             Ok(_) => changed.push(name),
             Err(e) if e.kind() == io::ErrorKind::NotFound => findings.push(Finding::file(
@@ -683,6 +683,36 @@ mod tests {
         assert!(v.sealed);
         assert_eq!(v.event_count, 7);
         assert_eq!(v.kid.as_deref(), Some(f.kid.as_str()));
+    }
+
+    /// Seals of earlier builds (version 1: SHA-256 file hashes) still
+    /// verify, and a change to a file they cover is still found.
+    #[test]
+    fn a_version_1_seal_is_checked_with_sha256() {
+        use base64::Engine;
+        use ed25519_dalek::Signer;
+        let f = Fixture::new(3);
+        let mut old = Seal::load(f.dir.path()).unwrap().unwrap();
+        assert_eq!(old.version, seal::SEAL_VERSION);
+        old.version = 1;
+        for name in SEALED_FILES {
+            let bytes = std::fs::read(f.path(name)).unwrap();
+            old.files
+                .insert(name.into(), super::super::event::sha256_hex(&bytes));
+        }
+        old.signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(f.key.sign(&old.signed_message()).to_bytes());
+        std::fs::write(f.path(SEAL_FILE), serde_json::to_vec(&old).unwrap()).unwrap();
+        let v = f.verify();
+        assert!(v.intact, "{:?}", v.findings);
+        assert!(v.sealed);
+        flip_byte(&f.path("stderr.log"), 1);
+        let messages = f.messages();
+        assert_eq!(messages.len(), 1, "{messages:?}");
+        assert!(
+            messages[0].starts_with("stderr.log: hash differs from the seal"),
+            "{messages:?}"
+        );
     }
 
     #[test]

@@ -9,9 +9,9 @@
 //! - the `events` thread completes every event in place (the 64 hex digits
 //!   of the previous line's hash, then `"}`) and writes the batch with one
 //!   write;
-//! - the `logs` thread writes the raw output and keeps a running SHA-256 of
-//!   each log for the seal (so a log of gigabytes is not read back and
-//!   hashed after the agent has exited).
+//! - the `logs` thread writes the raw output and keeps a running hash of
+//!   each log for the seal (BLAKE3, the seal's file hash; so a log of
+//!   gigabytes is not read back and hashed after the agent has exited).
 //!
 //! The supervisor's sinks are `session::direct::DirectFile`s, which write
 //! whole blocks with `O_DIRECT` from a thread of their own; a flush (here:
@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 
 use super::event::{hex, push_json_escaped, push_u64, Event, Stream};
 use super::midstate::Midstate;
+use super::seal::{FileHasher, SEAL_FILE_HASH};
 
 /// What follows the hex digest of `prev`: the end of every event line.
 const EVENT_END: &[u8] = b"\"}\n";
@@ -132,7 +133,7 @@ fn in_file(name: &str, e: io::Error) -> io::Error {
 /// The raw output logs and the running hashes of what was written to them.
 struct RawLogs<W> {
     files: [W; 2],
-    hashes: [Sha256; 2],
+    hashes: [FileHasher; 2],
 }
 
 impl<W: Write> RawLogs<W> {
@@ -243,8 +244,8 @@ pub struct Finished<W> {
     pub events: W,
     /// Hex SHA-256 of the last event line (of the session id if none).
     pub last_hash: String,
-    /// Hex SHA-256 of everything written to `stdout.log` and `stderr.log`,
-    /// if this writer wrote them.
+    /// Hex hash ([`SEAL_FILE_HASH`]) of everything written to `stdout.log`
+    /// and `stderr.log`, if this writer wrote them.
     pub log_hashes: Option<[String; 2]>,
 }
 
@@ -302,7 +303,7 @@ impl<W: Write + Send + 'static> EventWriter<W> {
                 },
                 logs: logs.map(|files| RawLogs {
                     files,
-                    hashes: [Sha256::new(), Sha256::new()],
+                    hashes: [SEAL_FILE_HASH.hasher(), SEAL_FILE_HASH.hasher()],
                 }),
             },
             batch: Batch::with_capacity(),
@@ -571,7 +572,7 @@ impl<W: Write + Send + 'static> EventWriter<W> {
         Ok(Finished {
             events: events.events,
             last_hash: hex(&events.prev),
-            log_hashes: logs.map(|logs| logs.hashes.map(|h| hex(&h.finalize()))),
+            log_hashes: logs.map(|logs| logs.hashes.map(|h| h.hex())),
         })
     }
 
@@ -717,7 +718,8 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join("stdout.log")).unwrap(), out);
         assert_eq!(std::fs::read(dir.path().join("stderr.log")).unwrap(), err);
         let hashes = finished.log_hashes.unwrap();
-        assert_eq!(hashes, [sha256_hex(&out), sha256_hex(&err)]);
+        let blake3_hex = |b: &[u8]| blake3::hash(b).to_hex().to_string();
+        assert_eq!(hashes, [blake3_hex(&out), blake3_hex(&err)]);
     }
 
     #[test]
