@@ -69,13 +69,31 @@ const BATCH_BYTES: usize = 256 << 10;
 struct Batch {
     bytes: Vec<u8>,
     events: Vec<(u32, Midstate)>,
+    /// Whether [`Batch::absorb`] was done.
+    absorbed: bool,
 }
 
 impl Batch {
+    /// Absorb every event's whole blocks before its hole: the part of the
+    /// hashing that does not depend on the chain. Done by the supervisor
+    /// when the events thread is behind, else by that thread; once.
+    fn absorb(&mut self) {
+        if std::mem::replace(&mut self.absorbed, true) {
+            return;
+        }
+        let mut start = 0;
+        for (head, state) in &mut self.events {
+            let done = state.absorbed() as usize;
+            state.absorb_blocks(&self.bytes[start + done..start + *head as usize]);
+            start += *head as usize + HEX_LEN + EVENT_END.len();
+        }
+    }
+
     fn with_capacity() -> Self {
         Self {
             bytes: Vec::with_capacity(BATCH_BYTES + (64 << 10)),
             events: Vec::with_capacity(BATCH_BYTES / 128),
+            absorbed: false,
         }
     }
 }
@@ -97,6 +115,7 @@ impl<W: Write> EventSink<W> {
         if batch.bytes.is_empty() {
             return self.flush();
         }
+        batch.absorb();
         let mut pos = 0;
         for (head, state) in batch.events.drain(..) {
             let hole = pos + head as usize;
@@ -114,6 +133,7 @@ impl<W: Write> EventSink<W> {
             .write_all(&batch.bytes)
             .map_err(|e| in_file("events.jsonl", e))?;
         batch.bytes.clear();
+        batch.absorbed = false;
         Ok(())
     }
 
@@ -202,8 +222,28 @@ impl<T: Send + 'static, S: Send + 'static> Worker<T, S> {
 
     /// Hand `item` over; returns an item to fill next (a used one, or `fresh`).
     fn send(&mut self, item: T, fresh: impl FnOnce() -> T) -> io::Result<T> {
+        self.send_or(item, fresh, |_| ())
+    }
+
+    /// [`Worker::send`], but if the thread is behind (its queue is full),
+    /// first do `meanwhile` to the item: work the thread would do, done by
+    /// the caller instead of waiting.
+    fn send_or(
+        &mut self,
+        item: T,
+        fresh: impl FnOnce() -> T,
+        meanwhile: impl FnOnce(&mut T),
+    ) -> io::Result<T> {
         let next = self.recycle.try_recv().unwrap_or_else(|_| fresh());
-        if self.tx.send(item).is_err() {
+        let sent = match self.tx.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(std::sync::mpsc::TrySendError::Full(mut item)) => {
+                meanwhile(&mut item);
+                self.tx.send(item).map_err(|_| ())
+            }
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Err(()),
+        };
+        if sent.is_err() {
             // The thread stopped: say why (once), then just that it did.
             return Err(
                 match self.handle.take().map(std::thread::JoinHandle::join) {
@@ -273,6 +313,9 @@ pub struct EventWriter<W: Write + Send + 'static> {
     has_logs: bool,
     /// See [`EventWriter::allow_threads`].
     threads_allowed: bool,
+    /// Batches whose blocks before the holes this thread hashed because
+    /// the events thread was behind (see [`Worker::send_or`]).
+    helped: u64,
 }
 
 fn writer_error() -> io::Error {
@@ -296,6 +339,7 @@ impl<W: Write + Send + 'static> EventWriter<W> {
         let mut w = Self {
             has_logs: logs.is_some(),
             threads_allowed: false,
+            helped: 0,
             backend: Backend::Inline {
                 events: EventSink {
                     events,
@@ -414,11 +458,12 @@ impl<W: Write + Send + 'static> EventWriter<W> {
         bytes.extend_from_slice(b",\"prev\":\"");
         let head = &bytes[start..];
         let len = u32::try_from(head.len()).map_err(|_| io::Error::other("event too large"))?;
-        let mut state = match line {
+        // The whole blocks before the hole are hashed later, in
+        // `Batch::absorb`, by whichever thread has time.
+        let state = match line {
             Some(stream) => self.prefix_state[stream.index()],
             None => Midstate::new(),
         };
-        state.absorb_blocks(&head[state.absorbed() as usize..]);
         bytes.extend_from_slice(&[b'0'; HEX_LEN]);
         bytes.extend_from_slice(EVENT_END);
         self.batch.events.push((len, state));
@@ -457,7 +502,14 @@ impl<W: Write + Send + 'static> EventWriter<W> {
                 }
                 if has_events {
                     let batch = std::mem::take(&mut self.batch);
-                    self.batch = events.send(batch, Batch::with_capacity)?;
+                    // The events thread behind: hash the batch's blocks
+                    // before the holes here rather than wait for it.
+                    let mut helped = false;
+                    self.batch = events.send_or(batch, Batch::with_capacity, |b| {
+                        b.absorb();
+                        helped = true;
+                    })?;
+                    self.helped += u64::from(helped);
                 }
                 Ok(())
             }
@@ -720,6 +772,47 @@ mod tests {
         let hashes = finished.log_hashes.unwrap();
         let blake3_hex = |b: &[u8]| blake3::hash(b).to_hex().to_string();
         assert_eq!(hashes, [blake3_hex(&out), blake3_hex(&err)]);
+    }
+
+    /// A writer whose sink is slow (the events thread behind): the caller
+    /// hashes batches itself, and the chain is the same.
+    #[test]
+    fn batches_hashed_by_the_caller_chain_the_same() {
+        struct Slow(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Slow {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                std::thread::sleep(std::time::Duration::from_millis(3));
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut w = EventWriter::new(Slow(sink.clone()), "sid-3", Instant::now());
+        w.allow_threads();
+        for i in 0..30_000u32 {
+            let line = format!("{i} {}", "z".repeat((i % 131) as usize));
+            w.emit_line(Stream::Stdout, line.as_bytes(), false).unwrap();
+        }
+        assert!(w.helped > 0, "the events thread was never behind");
+        let finished = w.finish().unwrap();
+        let events = sink.lock().unwrap().clone();
+        let mut prev = sha256_hex(b"sid-3");
+        let mut n = 0;
+        for (i, line) in events
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .enumerate()
+        {
+            let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+            assert_eq!(v["prev"], prev.as_str(), "event {i}");
+            prev = sha256_hex(line);
+            n += 1;
+        }
+        assert_eq!(n, 30_000);
+        assert_eq!(finished.last_hash, prev);
     }
 
     #[test]
