@@ -52,6 +52,55 @@ fn not_found_and_not_executable() {
     }
 }
 
+/// 0.4.2 parsed its flags anywhere on the line: its caps after the
+/// command still cap the run (they used to be handed to the agent, which
+/// then ran uncapped); newer flags there are refused, not guessed at.
+#[test]
+fn flags_after_the_command_keep_0_4_2_s_meaning() {
+    require_cgroups!("flags_after_the_command_keep_0_4_2_s_meaning");
+    let h = Home::new();
+    let t0 = Instant::now();
+    let o = h.run(&["run", "sh", "-c", "sleep 20", "--max-runtime", "1"]);
+    assert_eq!(code(&o), 124, "{}", stderr(&o));
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert!(
+        stderr(&o).contains("note: --max-runtime after the command"),
+        "{}",
+        stderr(&o)
+    );
+    // Flags the command has (`-c`, `-n`) stay the command's.
+    let o = h.run(&["run", "-q", "echo", "-n", "hi", "--max-output-lines=5"]);
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, "hi"), "{}", stderr(&o));
+    // After `--`, nothing is taken.
+    let o = h.run(&["run", "-q", "--", "echo", "--max-runtime", "1"]);
+    assert_eq!(stdout(&o), "--max-runtime 1\n");
+    let o = h.run(&["run", "echo", "x", "--max-output-bytes", "5"]);
+    assert_eq!(code(&o), 125);
+    assert!(
+        stderr(&o).contains("--max-output-bytes comes after the command"),
+        "{}",
+        stderr(&o)
+    );
+    // 0.4.2's firewall options are not used, and it says so.
+    let o = h.run(&["run", "--port", "9999", "--", "true", "--log", "fl.json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--port 9999 (vallignus 0.4.2) is not used"),
+        "{}",
+        stderr(&o)
+    );
+    let o = h.run(&["run", "true", "--log", "fl.json"]);
+    assert!(
+        stderr(&o).contains("--log fl.json (vallignus 0.4.2) is not written"),
+        "{}",
+        stderr(&o)
+    );
+    // A misspelt flag is an error, not a command to run.
+    let o = h.run(&["run", "--max-runtim", "1", "--", "true"]);
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("--max-runtim"), "{}", stderr(&o));
+}
+
 #[test]
 fn bad_flags_exit_125_and_name_the_flag() {
     let h = Home::new();

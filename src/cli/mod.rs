@@ -12,6 +12,7 @@ mod policy;
 mod replay;
 mod run;
 mod sessions;
+mod trailing;
 
 use std::process::ExitCode;
 
@@ -76,8 +77,47 @@ fn is_run(args: &[std::ffi::OsString]) -> bool {
         .is_some_and(|a| a == "run")
 }
 
+/// `run`'s long and short flags, and whether each takes a value.
+fn run_flags() -> Vec<trailing::Flag> {
+    let cli = <Cli as clap::CommandFactory>::command();
+    let Some(run) = cli.find_subcommand("run") else {
+        return Vec::new();
+    };
+    run.get_arguments()
+        .flat_map(|a| {
+            let takes_value = a.get_action().takes_values();
+            let long = a.get_long().map(|l| format!("--{l}"));
+            let short = a.get_short().map(|s| format!("-{s}"));
+            long.into_iter()
+                .chain(short)
+                .map(move |name| trailing::Flag {
+                    long: name,
+                    takes_value,
+                })
+        })
+        .collect()
+}
+
 pub fn main() -> ExitCode {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut moved = Vec::new();
+    if is_run(&args) {
+        let run_at = args
+            .iter()
+            .skip(1)
+            .position(|a| a == "run")
+            .map_or(1, |p| p + 1);
+        match trailing::place(&args, run_at, &run_flags()) {
+            Ok(placed) => {
+                args = placed.args;
+                moved = placed.moved;
+            }
+            Err(msg) => {
+                eprintln!("vallignus: error: {msg}");
+                return ExitCode::from(125);
+            }
+        }
+    }
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -92,7 +132,7 @@ pub fn main() -> ExitCode {
         }
     };
     ExitCode::from(match cli.command {
-        Command::Run(a) => run::execute(*a),
+        Command::Run(a) => run::execute(*a, &moved),
         Command::Sessions(c) => sessions::execute(c),
         Command::Replay(a) => replay::execute(a),
         Command::Doctor(a) => doctor::execute(*a),

@@ -30,11 +30,16 @@ pub struct ReplayArgs {
     asciicast: Option<PathBuf>,
 }
 
+/// Slowest and fastest replay speeds accepted.
+const SPEED_RANGE: std::ops::RangeInclusive<f64> = 0.001..=1_000_000.0;
+
 fn parse_speed(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(v) if SPEED_RANGE.contains(&v) => Ok(v),
         _ => Err(format!(
-            "invalid speed {s:?}: expected a number greater than 0"
+            "invalid speed {s:?}: expected a number from {} to {}",
+            SPEED_RANGE.start(),
+            SPEED_RANGE.end()
         )),
     }
 }
@@ -164,4 +169,21 @@ fn replay(args: &ReplayArgs) -> Result<(), ReplayError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speeds_outside_the_range_are_refused_by_name() {
+        for ok in ["1", "0.5", "0.001", "1000000", "2e3"] {
+            assert!(parse_speed(ok).is_ok(), "{ok}");
+        }
+        // 1e-300 used to reach Duration::from_secs_f64 and panic.
+        for bad in ["0", "-1", "1e-300", "1e300", "NaN", "inf", "fast", ""] {
+            let err = parse_speed(bad).unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+    }
 }

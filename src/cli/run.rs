@@ -51,13 +51,9 @@ pub struct RunArgs {
     #[command(flatten)]
     pub flags: RunFlags,
 
-    /// The command to run, after `--`.
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    /// The command to run, after `--` (`cli::trailing` puts the `--` in
+    /// where it is left out).
+    #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
     command: Vec<String>,
 }
 
@@ -214,8 +210,8 @@ pub struct RunFlags {
     #[arg(long)]
     no_session: bool,
 
-    /// Write the session id to FILE (for scripts).
-    #[arg(long, value_name = "FILE")]
+    /// Write the session id to FILE (for scripts). Not with --no-session: there is no session.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_session")]
     session_id_file: Option<PathBuf>,
 
     /// Run with what this host can enforce instead of failing; the session
@@ -227,11 +223,12 @@ pub struct RunFlags {
     #[arg(long, short)]
     quiet: bool,
 
-    /// vallignus 0.4.2 compatibility: its proxy port (only meaningful with --token).
+    /// vallignus 0.4.2 compatibility: its proxy port; accepted, not used (a warning says so).
     #[arg(long, value_name = "PORT", hide = true)]
     port: Option<u16>,
 
-    /// vallignus 0.4.2 compatibility: its firewall log file (only meaningful with --token).
+    /// vallignus 0.4.2 compatibility: its firewall log file; accepted, not written (a warning
+    /// says so: requests are net_request events of the session).
     #[arg(long, value_name = "FILE", hide = true)]
     log: Option<PathBuf>,
 }
@@ -336,10 +333,33 @@ impl RunFlags {
     }
 }
 
-pub fn execute(args: RunArgs) -> u8 {
+/// Run; `moved` are 0.4.2's flags found after the command (see
+/// `cli::trailing`), for a note.
+pub fn execute(args: RunArgs, moved: &[String]) -> u8 {
     let RunArgs { flags, command } = args;
-    if flags.token.is_none() && (flags.port.is_some() || flags.log.is_some()) && !flags.quiet {
-        eprintln!("vallignus: --port and --log are vallignus 0.4.2 firewall options; ignored");
+    if !moved.is_empty() && !flags.quiet {
+        eprintln!(
+            "vallignus: note: {} after the command taken as vallignus's (as vallignus 0.4.2 did); \
+             to pass them to the command, start the command after --",
+            moved.join(", ")
+        );
+    }
+    if !flags.quiet {
+        // 0.4.2's firewall options have no use here; say so, token or not.
+        if let Some(port) = flags.port {
+            eprintln!(
+                "vallignus: --port {port} (vallignus 0.4.2) is not used: the proxy listens at {} \
+                 inside the agent's own network namespace, and HTTP_PROXY/HTTPS_PROXY name it",
+                crate::net::netns::PROXY_ADDR
+            );
+        }
+        if let Some(log) = &flags.log {
+            eprintln!(
+                "vallignus: --log {} (vallignus 0.4.2) is not written: every request is a \
+                 net_request event of the session (vallignus sessions show ID --events N)",
+                log.display()
+            );
+        }
     }
     let policy = match resolve(&flags) {
         Ok(p) => p,

@@ -33,7 +33,8 @@ impl Clock<'_> {
         let now = ev.rel_us(self.first_ts_ms);
         if let (Some(speed), Some(last)) = (self.speed, self.last_us) {
             if now > last && speed > 0.0 {
-                (self.sleep)(Duration::from_secs_f64((now - last) as f64 / 1e6 / speed));
+                let gap = (now - last) as f64 / 1e6 / speed;
+                (self.sleep)(Duration::try_from_secs_f64(gap).unwrap_or(Duration::MAX));
             }
         }
         self.last_us = Some(now);
