@@ -67,6 +67,14 @@ fn old_sessions_are_listed_shown_and_replayed() {
     assert_eq!(v["session"]["status"], "finished");
     assert_eq!(v["event_count"], 7);
     assert_eq!(v["events"][2]["line"], "hello");
+    // 0.4.2 did not count bytes: none are made up.
+    assert!(v["session"].get("stdout_bytes").is_none(), "{v}");
+    let o = h.run(&["sessions", "show", "20250124-153045-a1b2c3"]);
+    assert!(
+        stdout(&o).contains("2 lines (bytes not recorded)"),
+        "{}",
+        stdout(&o)
+    );
 
     let o = h.run(&[
         "sessions",

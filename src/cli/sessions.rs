@@ -319,14 +319,12 @@ fn show(args: &ShowArgs) -> Result<(), SessionError> {
             (Some(c), None) => row("Exit code", c.to_string()),
             _ => row("Exit code", "-".into()),
         }
-        row(
-            "Stdout",
-            format!("{} lines, {} bytes", meta.stdout_lines, meta.stdout_bytes),
-        );
-        row(
-            "Stderr",
-            format!("{} lines, {} bytes", meta.stderr_lines, meta.stderr_bytes),
-        );
+        let counts = |lines: u64, bytes: Option<u64>| match bytes {
+            Some(b) => format!("{lines} lines, {b} bytes"),
+            None => format!("{lines} lines (bytes not recorded)"),
+        };
+        row("Stdout", counts(meta.stdout_lines, meta.stdout_bytes));
+        row("Stderr", counts(meta.stderr_lines, meta.stderr_bytes));
         if let Some(r) = &meta.termination_reason {
             let lim = meta
                 .termination_limit_value

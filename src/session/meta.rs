@@ -107,8 +107,12 @@ pub struct SessionMeta {
     /// The exit code `vallignus run` returned (124 for a cap, 128+N for a signal...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vallignus_exit_code: Option<i32>,
-    pub stdout_bytes: u64,
-    pub stderr_bytes: u64,
+    /// Bytes of each stream recorded; absent in 0.4.2 sessions (it did not
+    /// count them), never guessed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_bytes: Option<u64>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub enforcement: BTreeMap<String, Enforcement>,
     #[serde(skip_serializing_if = "Option::is_none")]

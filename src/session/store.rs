@@ -205,10 +205,10 @@ impl Store {
                 Err(e) => listing.unreadable.push((name, e.to_string())),
             }
         }
-        listing.sessions.sort_by(|a, b| {
-            b.started_at_iso
-                .cmp(&a.started_at_iso)
-                .then_with(|| b.session_id.cmp(&a.session_id))
+        // Newest first, by the instant each started: the ISO strings carry
+        // the UTC offset of their day (DST, TZ), so they do not sort as text.
+        listing.sessions.sort_by_cached_key(|m| {
+            std::cmp::Reverse((started_at_ms(&m.started_at_iso), m.session_id.clone()))
         });
         Ok(listing)
     }
@@ -293,6 +293,21 @@ pub fn save_meta_with(dir: &Path, meta: &SessionMeta, durable: bool) -> Result<(
     write_atomic_with(&path, &bytes, durable)
 }
 
+/// Milliseconds since the epoch of a `started_at_iso`: with its offset
+/// (this version), or as local time (0.4.2 wrote none); `None` if neither
+/// parses (such sessions sort last).
+fn started_at_ms(iso: &str) -> Option<i64> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(iso) {
+        return Some(t.timestamp_millis());
+    }
+    let naive = chrono::NaiveDateTime::parse_from_str(iso, "%Y-%m-%dT%H:%M:%S%.f").ok()?;
+    use chrono::TimeZone;
+    chrono::Local
+        .from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.timestamp_millis())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +354,47 @@ mod tests {
             store.load("../x"),
             Err(SessionError::InvalidId(_))
         ));
+    }
+
+    /// Sessions started across an offset change (DST, TZ) list newest
+    /// first by instant, not by text.
+    #[test]
+    fn listing_is_newest_first_by_instant() {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::new(home.path().join("h"));
+        // Started in this order: 10:00 in Tokyo, 00:30 in New York (=
+        // 05:30 UTC), 06:00 UTC. As text, Tokyo's sorts last.
+        let starts = [
+            "2026-03-01T10:00:00.000000+09:00",
+            "2026-03-01T00:30:00.000000-05:00",
+            "2026-03-01T06:00:00.000000+00:00",
+        ];
+        let mut ids = Vec::new();
+        for iso in starts {
+            let (id, dir) = store.create_session_dir().unwrap();
+            let meta = SessionMeta {
+                session_id: id.clone(),
+                started_at_iso: iso.into(),
+                ..Default::default()
+            };
+            save_meta(&dir, &meta).unwrap();
+            ids.push(id);
+        }
+        let listed: Vec<String> = store
+            .list()
+            .unwrap()
+            .sessions
+            .into_iter()
+            .map(|m| m.session_id)
+            .collect();
+        ids.reverse();
+        assert_eq!(listed, ids);
+        assert_eq!(
+            started_at_ms("2026-03-01T10:00:00.000000+09:00"),
+            started_at_ms("2026-03-01T01:00:00Z")
+        );
+        assert!(started_at_ms("2025-01-24T15:30:45.123456").is_some());
+        assert_eq!(started_at_ms("garbage"), None);
     }
 
     #[test]

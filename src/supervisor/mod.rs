@@ -1116,8 +1116,8 @@ fn finish(
     m.duration_ms = Some(duration.as_millis() as u64);
     m.stdout_lines = recorder.lines(Stream::Stdout);
     m.stderr_lines = recorder.lines(Stream::Stderr);
-    m.stdout_bytes = recorder.bytes(Stream::Stdout);
-    m.stderr_bytes = recorder.bytes(Stream::Stderr);
+    m.stdout_bytes = Some(recorder.bytes(Stream::Stdout));
+    m.stderr_bytes = Some(recorder.bytes(Stream::Stderr));
     if let Some(v) = &outcome.violation {
         m.termination_reason = Some(v.reason().into());
         m.termination_limit_value = Some(v.limit_value());

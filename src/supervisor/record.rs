@@ -47,6 +47,8 @@ impl Record {
                     .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
             ),
             status: Some(Status::Running),
+            stdout_bytes: Some(0),
+            stderr_bytes: Some(0),
             limits: Some(limits),
             supervisor: Some(supervisor),
             ..Default::default()
