@@ -48,6 +48,9 @@ fn not_found_and_not_executable() {
     assert_eq!(arr.as_array().unwrap().len(), 2);
     for s in arr.as_array().unwrap() {
         assert_eq!(s["status"], "failed_to_start");
+        // What 0.4.2 wrote for a run that could not start.
+        assert_eq!(s["exit_code"], -1);
+        assert!(s["duration_ms"].as_u64().is_some(), "{s}");
         assert!(s["error"].as_str().is_some());
     }
 }

@@ -56,6 +56,10 @@ pub enum Event {
         reason: String,
         limit_value: serde_json::Number,
         observed_value: serde_json::Number,
+        /// For `max_runtime`: the exact time elapsed (`observed_value` is
+        /// whole seconds when the limit is, as in 0.4.2).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        observed_ms: Option<u64>,
     },
     /// vallignus itself received a signal (the run then ends with reason `signal`).
     SupervisorSignal {

@@ -88,6 +88,9 @@ pub struct SessionMeta {
     pub termination_limit_value: Option<serde_json::Number>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub termination_observed_value: Option<serde_json::Number>,
+    /// For `max_runtime`: the exact time elapsed, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_observed_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_requests: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -192,6 +192,12 @@ pub fn run(command: &[String], policy: &RunPolicy) -> Result<RunReport, RunError
                 r.meta.error = Some(e.to_string());
                 r.meta.enforcement = enforcement;
                 r.meta.vallignus_exit_code = Some(i32::from(e.exit_code()));
+                // As 0.4.2 wrote a run that could not start: exit code -1
+                // (no process ran), its duration, and run_finished.
+                let duration_ms = started.elapsed().as_millis() as u64;
+                r.meta.exit_code = Some(-1);
+                r.meta.duration_ms = Some(duration_ms);
+                let _ = journal.emit(&Event::RunFinished { duration_ms });
                 let chain = journal.finish().ok().flatten();
                 let events = journal.event_count();
                 let (home, dir) = (r.home().to_path_buf(), r.dir.clone());
@@ -1122,6 +1128,7 @@ fn finish(
         m.termination_reason = Some(v.reason().into());
         m.termination_limit_value = Some(v.limit_value());
         m.termination_observed_value = Some(v.observed_value());
+        m.termination_observed_ms = v.observed_ms();
     }
     m.stats = stats;
     let status = if outcome.violation.is_some() {

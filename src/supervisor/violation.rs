@@ -92,8 +92,15 @@ impl Violation {
         }
     }
 
+    /// The observed value in 0.4.2's terms: for a runtime cap of whole
+    /// seconds (all 0.4.2 could set), whole seconds elapsed, an integer as
+    /// 0.4.2 wrote it (`int(elapsed)`); the exact figure is
+    /// [`Violation::observed_ms`].
     pub fn observed_value(&self) -> serde_json::Number {
         match self {
+            Violation::MaxRuntime { limit, observed } if limit.subsec_nanos() == 0 => {
+                observed.as_secs().into()
+            }
             Violation::MaxRuntime { observed, .. } => secs(*observed),
             Violation::MaxOutputLines { observed, .. }
             | Violation::MaxOutputBytes { observed, .. }
@@ -103,6 +110,16 @@ impl Violation {
             Violation::BudgetExceeded { observed, .. } => usd(*observed),
             Violation::Signal(n) => (*n).into(),
             Violation::RecordingFailed(_) => 0.into(),
+        }
+    }
+
+    /// For a runtime cap: the milliseconds elapsed when it was hit.
+    pub fn observed_ms(&self) -> Option<u64> {
+        match self {
+            Violation::MaxRuntime { observed, .. } => {
+                Some(u64::try_from(observed.as_millis()).unwrap_or(u64::MAX))
+            }
+            _ => None,
         }
     }
 
@@ -125,6 +142,11 @@ impl Violation {
             Violation::RecordingFailed(e) => {
                 format!("cannot record the session ({e}), ending the run")
             }
+            Violation::MaxRuntime { limit, observed } => format!(
+                "max_runtime: limit {}, observed {}, ending the run",
+                secs(*limit),
+                secs(*observed)
+            ),
             v => format!(
                 "{}: limit {}, observed {}, ending the run",
                 v.reason(),
@@ -146,7 +168,15 @@ mod tests {
             observed: Duration::from_millis(2003),
         };
         assert_eq!(v.limit_value().to_string(), "2");
-        assert_eq!(v.observed_value().to_string(), "2.003");
+        // An integer, as 0.4.2 wrote it; the exact time beside it.
+        assert_eq!(v.observed_value().to_string(), "2");
+        assert_eq!(v.observed_ms(), Some(2003));
+        let v = Violation::MaxRuntime {
+            limit: Duration::from_millis(1500),
+            observed: Duration::from_millis(1503),
+        };
+        assert_eq!(v.limit_value().to_string(), "1.5");
+        assert_eq!(v.observed_value().to_string(), "1.503");
         assert_eq!(v.exit_code(), 124);
         assert_eq!(Violation::Signal(15).exit_code(), 143);
         assert!(Violation::Signal(2).describe().contains("SIGINT"));

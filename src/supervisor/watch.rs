@@ -135,6 +135,7 @@ impl Loop<'_> {
             reason: v.reason().into(),
             limit_value: v.limit_value(),
             observed_value: v.observed_value(),
+            observed_ms: v.observed_ms(),
         };
         // Not through self.emit: a recording failure must not recurse.
         let _ = self.journal.emit(&event);
