@@ -303,6 +303,47 @@ fn events_are_chained_and_keep_arrival_order() {
     assert!(t.windows(2).all(|w| w[0] <= w[1]), "{t:?}");
 }
 
+/// A prompt without its newline, then a warning on stderr, then the
+/// answer: the events (and so replay) keep the order the bytes came in.
+#[test]
+fn an_open_line_is_recorded_before_the_other_stream_s_output() {
+    require_cgroups!("an_open_line_is_recorded_before_the_other_stream_s_output");
+    let h = Home::new();
+    let script = "printf 'prompt> '; sleep 0.3; echo warning >&2; sleep 0.3; echo answer";
+    let o = h.run(&["run", "-q", "--", "sh", "-c", script]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "prompt> answer\n");
+    let lines: Vec<(String, String, bool)> = h
+        .events()
+        .iter()
+        .filter(|e| e["type"] == "stdout_line" || e["type"] == "stderr_line")
+        .map(|e| {
+            let kind = e["type"].as_str().unwrap().to_string();
+            let line = e["line"].as_str().unwrap().to_string();
+            (kind, line, e["partial"] == true)
+        })
+        .collect();
+    let want = [
+        ("stdout_line", "prompt> ", true),
+        ("stderr_line", "warning", false),
+        ("stdout_line", "answer", false),
+    ];
+    let want: Vec<(String, String, bool)> = want
+        .iter()
+        .map(|(k, l, p)| (k.to_string(), l.to_string(), *p))
+        .collect();
+    assert_eq!(lines, want);
+    // Still one line of stdout, one of stderr.
+    let s = h.session_json();
+    assert_eq!(
+        (s["stdout_lines"].as_u64(), s["stderr_lines"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let id = s["session_id"].as_str().unwrap().to_string();
+    let o = h.run(&["replay", &id, "--no-timestamps"]);
+    assert_eq!(stdout(&o), "prompt> answer\n");
+}
+
 #[test]
 fn line_cap_is_exact() {
     require_cgroups!("line_cap_is_exact");

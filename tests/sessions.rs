@@ -181,7 +181,15 @@ fn replay_reproduces_a_real_run() {
         .iter()
         .map(|l| l["stream"].as_str().unwrap())
         .collect();
-    assert_eq!(streams, ["stdout", "stderr", "stdout", "stdout", "stderr"]);
+    // "two" was open when E1 came: it is a piece of its own before E1
+    // (the order the bytes arrived in), and its newline ends it after.
+    assert_eq!(
+        streams,
+        ["stdout", "stdout", "stderr", "stdout", "stdout", "stderr"]
+    );
+    assert_eq!(lines[1]["line"], "two");
+    assert_eq!(lines[1]["partial"], true);
+    assert_eq!(lines[3]["line"], "");
 
     let cast = h.path().join("run.cast");
     let c = h.run(&["replay", &id, "--asciicast", cast.to_str().unwrap()]);
@@ -191,7 +199,7 @@ fn replay_reproduces_a_real_run() {
     let header: serde_json::Value = serde_json::from_str(it.next().unwrap()).unwrap();
     assert_eq!(header["version"], 2);
     let frames: Vec<serde_json::Value> = it.map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(frames.len(), 5);
+    assert_eq!(frames.len(), 6);
     assert_eq!(frames[0][1], "o");
     assert_eq!(frames[0][2], "one\r\r\n");
 

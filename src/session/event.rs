@@ -26,6 +26,14 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// stderr for stdout, stdout for stderr.
+    pub fn other(self) -> Stream {
+        match self {
+            Stream::Stdout => Stream::Stderr,
+            Stream::Stderr => Stream::Stdout,
+        }
+    }
+
     pub fn index(self) -> usize {
         match self {
             Stream::Stdout => 0,

@@ -12,6 +12,10 @@
 //!   rest of the chunk that crossed the cap).
 //! - Line events hold at most 64 KiB; longer lines are split into pieces
 //!   marked `partial`, cut on a UTF-8 character boundary where possible.
+//! - A line still open on one stream when the other stream writes is
+//!   written as a `partial` piece first, so the events keep the order in
+//!   which the bytes arrived (`printf 'prompt> '` then a warning on
+//!   stderr, then the answer: replay shows the prompt before the warning).
 
 use std::io;
 
@@ -133,6 +137,9 @@ impl Recorder {
         let accepted = self.admit(stream, data);
         let data = &data[..accepted.len];
         journal.stamp();
+        if !data.is_empty() {
+            self.flush_open_line(journal, stream.other())?;
+        }
         journal.raw(stream, data)?;
         self.total_bytes += data.len() as u64;
         let mut rest = data;
@@ -167,6 +174,18 @@ impl Recorder {
             self.closed = true;
         }
         Ok(accepted)
+    }
+
+    /// Write what `stream` has of a line not ended yet as a `partial`
+    /// piece (keeping an incomplete UTF-8 character for the next piece).
+    fn flush_open_line(&mut self, journal: &mut Journal, stream: Stream) -> io::Result<()> {
+        let s = &mut self.streams[stream.index()];
+        let cut = utf8_cut(&s.pending);
+        if cut > 0 {
+            journal.line(stream, &s.pending[..cut], true)?;
+            s.pending.drain(..cut);
+        }
+        Ok(())
     }
 
     /// Append to the pending line, first writing out a full 64 KiB piece
