@@ -235,7 +235,7 @@ fn the_agent_has_only_loopback_and_the_proxy() {
     let host_service = TcpListener::bind("0.0.0.0:0").unwrap();
     let service_port = host_service.local_addr().unwrap().port();
     let child = NsChild::spawn();
-    let listener = netns::setup(NsTarget::Pid(child.pid())).unwrap();
+    let listener = netns::setup(NsTarget::Pid(child.pid()), PROXY_ADDR).unwrap();
     assert_eq!(listener.local_addr().unwrap(), SocketAddr::V4(PROXY_ADDR));
 
     // Loopback only, up, and no route anywhere.
@@ -311,12 +311,15 @@ fn concurrent_agents_share_the_port_in_their_own_namespaces() {
     // One by pid, one by pidfd (the supervisor's way), set up at once.
     let pidfd = vallignus::sys::pidfd::pidfd_open(b.pid()).unwrap();
     let (la, lb) = std::thread::scope(|s| {
-        let ta = s.spawn(|| netns::setup(NsTarget::Pid(a.pid())).unwrap());
+        let ta = s.spawn(|| netns::setup(NsTarget::Pid(a.pid()), PROXY_ADDR).unwrap());
         let tb = s.spawn(|| {
-            netns::setup(NsTarget::Pidfd {
-                pidfd: pidfd.as_fd(),
-                pid: b.pid(),
-            })
+            netns::setup(
+                NsTarget::Pidfd {
+                    pidfd: pidfd.as_fd(),
+                    pid: b.pid(),
+                },
+                PROXY_ADDR,
+            )
             .unwrap()
         });
         (ta.join().unwrap(), tb.join().unwrap())
@@ -338,7 +341,7 @@ fn the_callers_own_namespace_is_refused() {
         return;
     }
     let me = std::process::id() as i32;
-    match netns::setup(NsTarget::Pid(me)) {
+    match netns::setup(NsTarget::Pid(me), PROXY_ADDR) {
         Err(e @ NetError::SameNamespace { .. }) => {
             assert!(e.to_string().contains("own network namespace"), "{e}");
         }
@@ -348,7 +351,7 @@ fn the_callers_own_namespace_is_refused() {
     let mut gone = Command::new("true").spawn().unwrap();
     let pid = gone.id() as i32;
     gone.wait().unwrap();
-    match netns::setup(NsTarget::Pid(pid)) {
+    match netns::setup(NsTarget::Pid(pid), PROXY_ADDR) {
         Err(e @ NetError::OpenNamespace { .. }) => {
             assert!(
                 e.to_string().contains(&format!("the agent (pid {pid})")),
@@ -388,7 +391,7 @@ fn the_agent_cannot_make_a_way_out_of_its_namespace() {
     let host_service = TcpListener::bind("0.0.0.0:0").unwrap();
     let service_port = host_service.local_addr().unwrap().port();
     let child = NsChild::spawn();
-    let _listener = netns::setup(NsTarget::Pid(child.pid())).unwrap();
+    let _listener = netns::setup(NsTarget::Pid(child.pid()), PROXY_ADDR).unwrap();
     child.exec(&["nft", "flush", "ruleset"]);
     let added = Command::new("nsenter")
         .args(["-t", &child.pid().to_string(), "-n", "--", "sh", "-c"])

@@ -43,6 +43,53 @@ fn upstream() -> u16 {
     port
 }
 
+/// vallignus 0.4.2's `--port`: the proxy listens there (on the agent's
+/// loopback), HTTP_PROXY says so, and requests go through it.
+#[test]
+fn port_moves_the_proxy_on_the_agent_s_loopback() {
+    if !network_available("port_moves_the_proxy_on_the_agent_s_loopback") {
+        return;
+    }
+    let port = upstream();
+    let h = Home::new();
+    let resolve = format!("api.example.test:{port}:127.0.0.1");
+    let script = format!(
+        "echo \"$HTTP_PROXY\"; curl -s -m 5 http://api.example.test:{port}/; echo; \
+         curl -s -m 3 --noproxy '*' -o /dev/null -w 'old %{{http_code}}\\n' http://127.0.0.1:61213/; exit 0"
+    );
+    let o = h.run(&[
+        "run",
+        "-q",
+        "--port",
+        "8080",
+        "--allow-domain",
+        "api.example.test",
+        "--resolve",
+        &resolve,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "http://127.0.0.1:8080\nhello\nold 000\n");
+    assert!(h.session_json()["enforcement"]["network"]["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("proxy at 127.0.0.1:8080 in the agent's namespace"));
+    let o = h.run(&[
+        "run",
+        "--port",
+        "0",
+        "--allow-domain",
+        "x.test",
+        "--",
+        "true",
+    ]);
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("--port 0"), "{}", stderr(&o));
+}
+
 #[test]
 fn only_the_proxy_is_reachable_and_every_request_is_recorded() {
     if !network_available("only_the_proxy_is_reachable_and_every_request_is_recorded") {

@@ -88,7 +88,8 @@ fn flags_after_the_command_keep_0_4_2_s_meaning() {
     let o = h.run(&["run", "--port", "9999", "--", "true", "--log", "fl.json"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("--port 9999 (vallignus 0.4.2) is not used"),
+        stderr(&o)
+            .contains("--port 9999 (vallignus 0.4.2) is not used: this run has no policy proxy"),
         "{}",
         stderr(&o)
     );

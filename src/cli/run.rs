@@ -223,7 +223,7 @@ pub struct RunFlags {
     #[arg(long, short)]
     quiet: bool,
 
-    /// vallignus 0.4.2 compatibility: its proxy port; accepted, not used (a warning says so).
+    /// The policy proxy's port on the agent's loopback (default 61213; vallignus 0.4.2's flag).
     #[arg(long, value_name = "PORT", hide = true)]
     port: Option<u16>,
 
@@ -344,13 +344,24 @@ pub fn execute(args: RunArgs, moved: &[String]) -> u8 {
             moved.join(", ")
         );
     }
+    let policy = match resolve(&flags) {
+        Ok(p) => p,
+        Err(msg) => {
+            eprintln!("vallignus: error: {msg}");
+            return 125;
+        }
+    };
     if !flags.quiet {
-        // 0.4.2's firewall options have no use here; say so, token or not.
-        if let Some(port) = flags.port {
+        // 0.4.2's firewall options: --port moves the proxy (if there is
+        // one); --log has no use here. Say so, token or not.
+        let proxied = policy
+            .network
+            .as_ref()
+            .is_some_and(|n| n.mode == crate::policy::NetMode::Proxy);
+        if let (Some(port), false) = (flags.port, proxied) {
             eprintln!(
-                "vallignus: --port {port} (vallignus 0.4.2) is not used: the proxy listens at {} \
-                 inside the agent's own network namespace, and HTTP_PROXY/HTTPS_PROXY name it",
-                crate::net::netns::PROXY_ADDR
+                "vallignus: --port {port} (vallignus 0.4.2) is not used: this run has no policy \
+                 proxy (give --token, --allow-domain or --net proxy)"
             );
         }
         if let Some(log) = &flags.log {
@@ -361,13 +372,6 @@ pub fn execute(args: RunArgs, moved: &[String]) -> u8 {
             );
         }
     }
-    let policy = match resolve(&flags) {
-        Ok(p) => p,
-        Err(msg) => {
-            eprintln!("vallignus: error: {msg}");
-            return 125;
-        }
-    };
     match supervisor::run(&command, &policy) {
         Ok(report) => report.exit_code,
         Err(e) => {
@@ -602,6 +606,12 @@ pub fn resolve_with_file(
         || !args.credential.is_empty();
     match p.network.as_mut() {
         Some(net) if net.mode == crate::policy::NetMode::Proxy => {
+            if let Some(port) = args.port {
+                if port == 0 {
+                    return Err("--port 0: not a port (1 to 65535)".into());
+                }
+                net.proxy_port = Some(port);
+            }
             if args.prices.is_some() {
                 net.prices.clone_from(&args.prices);
             }

@@ -173,8 +173,9 @@ impl std::fmt::Display for NsTarget<'_> {
 
 /// Set up the network namespace of the agent `target` (see the module
 /// documentation): loopback up, the rules applied, and the proxy's
-/// listening socket at [`PROXY_ADDR`] in it, which is returned.
-pub fn setup(target: NsTarget<'_>) -> Result<TcpListener, NetError> {
+/// listening socket at `addr` ([`PROXY_ADDR`] unless `--port` says
+/// otherwise) in it, which is returned.
+pub fn setup(target: NsTarget<'_>, addr: SocketAddrV4) -> Result<TcpListener, NetError> {
     // Fail closed before any change: the tool, the target, and (on the
     // helper thread, once it has joined the target's namespace) that it is
     // not our own.
@@ -202,7 +203,7 @@ pub fn setup(target: NsTarget<'_>) -> Result<TcpListener, NetError> {
                 target: name.clone(),
             });
         }
-        build(&nft_bin, &name)
+        build(&nft_bin, &name, addr)
     })
 }
 
@@ -224,20 +225,24 @@ pub fn probe() -> Result<(), NetError> {
                 source,
             }
         })?;
-        build(&nft_bin, name).map(drop)
+        build(&nft_bin, name, PROXY_ADDR).map(drop)
     })
 }
 
 /// In the calling thread's namespace (the agent's): loopback up, the
 /// rules, the proxy's listening socket. `target` names it in errors.
-fn build(nft_bin: &std::path::Path, target: &str) -> Result<TcpListener, NetError> {
+fn build(
+    nft_bin: &std::path::Path,
+    target: &str,
+    addr: SocketAddrV4,
+) -> Result<TcpListener, NetError> {
     crate::sys::loopback_up().map_err(|source| NetError::Loopback {
         target: target.to_owned(),
         source,
     })?;
     nft::apply(nft_bin, &agent_ruleset(), "agent namespace table")?;
-    listen(PROXY_ADDR).map_err(|source| NetError::Listen {
-        addr: PROXY_ADDR,
+    listen(addr).map_err(|source| NetError::Listen {
+        addr,
         target: target.to_owned(),
         source,
     })

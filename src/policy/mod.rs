@@ -132,6 +132,9 @@ pub struct NetworkRequest {
     pub credentials: Vec<crate::net::credentials::CredentialSpec>,
     /// Where the rules came from (for messages): "policy file", "token", "--max-requests".
     pub sources: Vec<String>,
+    /// `--port` (vallignus 0.4.2's): the proxy's port on the agent's
+    /// loopback instead of [`crate::net::netns::PROXY_PORT`].
+    pub proxy_port: Option<u16>,
 }
 
 impl NetworkRequest {

@@ -589,12 +589,18 @@ fn start_network(
         .map_err(|e| err("rules", &e))?
         .with_passthrough(passthrough)
         .with_request_rules(req.request_rules.clone());
-    let listener = netns::setup(netns::NsTarget::Pidfd {
-        pidfd: pending.pidfd.as_fd(),
-        pid: pending.pid,
-    })
+    let addr = match req.proxy_port {
+        Some(port) => std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, port),
+        None => netns::PROXY_ADDR,
+    };
+    let listener = netns::setup(
+        netns::NsTarget::Pidfd {
+            pidfd: pending.pidfd.as_fd(),
+            pid: pending.pid,
+        },
+        addr,
+    )
     .map_err(|e| err("cannot set up the network namespace", &e))?;
-    let addr = netns::PROXY_ADDR;
     // Each proxied connection costs two fds (client and upstream): raise
     // the supervisor's soft limit (after the fork, so the agent keeps its own).
     if let Ok((soft, hard)) =
