@@ -331,6 +331,14 @@ fn show_fails_closed_on_a_bad_policy() {
     // A bad flag is a usage error.
     let out = env.run(&["policy", "show", "--max-runtime", "soon"]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
+    // A system policy that is a link to nothing is broken, not absent.
+    std::fs::remove_file(&env.system_policy).unwrap();
+    std::os::unix::fs::symlink(env.home.path().join("gone.yaml"), &env.system_policy).unwrap();
+    let out = env.run(&["policy", "show"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("etc-policy.yaml"), "{}", stderr(&out));
+    let out = env.run(&["run", "-q", "--", "true"]);
+    assert_eq!(code(&out), 125, "{}", stderr(&out));
 }
 
 /// `policy check` refuses what `run --policy FILE` would refuse, beyond

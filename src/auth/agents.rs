@@ -81,7 +81,7 @@ impl AuthStore {
     /// One agent, or `None` if it does not exist.
     pub fn load_agent(&self, agent_id: &str) -> Result<Option<Agent>, AuthError> {
         let path = self.agent_path(agent_id)?;
-        let Some(agent) = store::read_json::<Agent>(&path)? else {
+        let Some(agent) = store::read_json_object::<Agent>(&path)? else {
             return Ok(None);
         };
         if agent.agent_id != agent_id {

@@ -174,7 +174,7 @@ impl AuthStore {
     /// The private key of `kid` (only the active one exists).
     pub(crate) fn signing_key(&self, kid: &str) -> Result<SigningKey, AuthError> {
         let path = self.private_key_path(kid)?;
-        let file: PrivateKeyFile = store::read_json(&path)?.ok_or(AuthError::NoActiveKey)?;
+        let file: PrivateKeyFile = store::read_json_object(&path)?.ok_or(AuthError::NoActiveKey)?;
         store::check_private(&path)?;
         let corrupt = |reason: &str| AuthError::Corrupt {
             path: path.clone(),
@@ -192,7 +192,7 @@ impl AuthStore {
     /// The public key of `kid`, or `None` if this store never had it.
     pub fn verifying_key(&self, kid: &str) -> Result<Option<VerifyingKey>, AuthError> {
         let path = self.public_key_path(kid)?;
-        let Some(file) = store::read_json::<PublicKeyFile>(&path)? else {
+        let Some(file) = store::read_json_object::<PublicKeyFile>(&path)? else {
             return Ok(None);
         };
         let corrupt = |reason: &str| AuthError::Corrupt {
@@ -220,7 +220,9 @@ impl AuthStore {
             if ids::kid(kid).is_err() {
                 continue;
             }
-            if let Some(file) = store::read_json::<PublicKeyFile>(&self.keys_dir().join(&name))? {
+            if let Some(file) =
+                store::read_json_object::<PublicKeyFile>(&self.keys_dir().join(&name))?
+            {
                 keys.push(KeyInfo {
                     kid: kid.to_string(),
                     created_at: file.created_at,

@@ -105,7 +105,7 @@ impl AuthStore {
         version: u32,
     ) -> Result<Option<StoredPolicy>, AuthError> {
         let path = Self::version_path(&self.policy_dir(policy_id)?, version);
-        let Some(stored) = store::read_json::<StoredPolicy>(&path)? else {
+        let Some(stored) = store::read_json_object::<StoredPolicy>(&path)? else {
             return Ok(None);
         };
         if stored.policy.policy_id != policy_id || stored.policy.version != version {

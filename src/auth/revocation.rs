@@ -29,7 +29,7 @@ impl AuthStore {
 
     /// The current list (empty if nothing was ever revoked).
     pub fn revocations(&self) -> Result<RevocationList, AuthError> {
-        Ok(store::read_json(&self.revocation_path())?.unwrap_or_default())
+        Ok(store::read_json_object(&self.revocation_path())?.unwrap_or_default())
     }
 
     fn modify_revocations(
@@ -109,6 +109,23 @@ mod tests {
         let list = store.revocations().unwrap();
         assert_eq!(list.tokens.len(), 1);
         assert_eq!(list.agents.len(), 1);
+    }
+
+    /// A list that is not an object is corrupt, not empty: `[]` used to
+    /// read as "nothing revoked", and revoked tokens verified again.
+    #[test]
+    fn a_list_of_another_shape_fails_closed() {
+        let home = tempfile::tempdir().unwrap();
+        let store = AuthStore::new(home.path());
+        let now = SystemTime::now();
+        assert!(store.revoke_token(JTI, now).unwrap());
+        for bad in ["[]", "[{}, {}]", "\"x\"", "null", "7"] {
+            std::fs::write(store.revocation_path(), bad).unwrap();
+            assert!(
+                matches!(store.is_jti_revoked(JTI), Err(AuthError::Corrupt { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

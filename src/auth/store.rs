@@ -216,6 +216,29 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, A
         })
 }
 
+/// [`read_json`] of a file that holds one JSON object (a struct): serde
+/// would also take a struct's fields from an array (`[]` read as a
+/// revocation list with nothing revoked), so anything else is corrupt.
+pub(crate) fn read_json_object<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, AuthError> {
+    let Some(bytes) = read_file(path)? else {
+        return Ok(None);
+    };
+    let corrupt = |reason: String| AuthError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| corrupt(format!("not valid JSON of the expected shape: {e}")))?;
+    if !value.is_object() {
+        return Err(corrupt(
+            "not valid JSON of the expected shape: not an object".into(),
+        ));
+    }
+    serde_json::from_value(value)
+        .map(Some)
+        .map_err(|e| corrupt(format!("not valid JSON of the expected shape: {e}")))
+}
+
 /// Serialize (pretty, with a final newline) and write atomically, 0600.
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), AuthError> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| AuthError::Io {

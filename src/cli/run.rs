@@ -45,6 +45,17 @@ impl CapFlags {
     }
 }
 
+/// `--tmp-size`: a size above zero (a tmpfs of size=0 has no limit).
+fn parse_tmp_size(s: &str) -> Result<u64, String> {
+    match parse_size(s) {
+        Ok(0) => Err(format!(
+            "invalid size {s:?}: the private /tmp needs a size above 0 (tmpfs reads 0 as unlimited)"
+        )),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// `vallignus run`: the flags, then the command.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -121,8 +132,9 @@ pub struct RunFlags {
     #[arg(long, value_name = "PROFILE")]
     seccomp: Option<crate::isolation::seccomp::Profile>,
 
-    /// Size of the private /tmp and /dev/shm (with a mount namespace).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size, default_value = "256M")]
+    /// Size of the private /tmp and /dev/shm (with a mount namespace; not 0: tmpfs reads
+    /// size=0 as unlimited).
+    #[arg(long, value_name = "SIZE", value_parser = parse_tmp_size, default_value = "256M")]
     tmp_size: u64,
 
     /// Time between SIGTERM and SIGKILL at teardown.

@@ -59,12 +59,29 @@ pub fn resolve(spec: &str) -> Result<RunAs, String> {
             "invalid --user {spec:?}: running the agent as root is what --user is meant to avoid"
         ));
     }
+    // (uid_t)-1 / (gid_t)-1 tell setresuid/setresgid "leave this one
+    // unchanged": the agent would keep the supervisor's (root's) ids.
+    if uid == u32::MAX || gid == u32::MAX {
+        return Err(format!(
+            "invalid --user {spec:?}: 4294967295 is not an id ((uid_t)-1 means \"unchanged\" \
+             to the kernel: the agent would stay root)"
+        ));
+    }
     Ok(RunAs { uid, gid })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn minus_one_is_not_an_id() {
+        // setresuid(-1, ...) changes nothing: this ran the agent as root.
+        for spec in ["4294967295", "65534:4294967295", "4294967295:65534"] {
+            let err = resolve(spec).unwrap_err();
+            assert!(err.contains("4294967295 is not an id"), "{spec}: {err}");
+        }
+    }
 
     #[test]
     fn resolves_names_and_numbers() {

@@ -1466,9 +1466,11 @@ pub fn load_for_run(explicit: Option<&Path>) -> Result<Option<PolicyFile>, Polic
         return load(path).map(Some);
     }
     let system = system_policy_path();
-    match system.try_exists() {
-        Ok(false) => Ok(None),
-        Ok(true) => load(&system).map(Some),
+    // Absent means nothing at the path, not even a link: a link whose
+    // target is gone is a broken policy (fail closed), as `load` says.
+    match std::fs::symlink_metadata(&system) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Ok(_) => load(&system).map(Some),
         Err(source) => Err(PolicyFileError::Read {
             path: system,
             source,

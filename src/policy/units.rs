@@ -11,6 +11,9 @@ pub enum UnitError {
     Size(String),
     #[error("invalid count {0:?}: expected a whole number")]
     Count(String),
+    /// A value above zero that would round to zero, which means "no cap".
+    #[error("invalid value {0:?}: below the smallest unit ({1}), and 0 would mean no cap")]
+    TooSmall(String, &'static str),
 }
 
 fn split_number(s: &str) -> (&str, &str) {
@@ -40,6 +43,9 @@ pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
     if !secs.is_finite() || secs > 1e9 {
         return Err(err());
     }
+    if secs > 0.0 && secs < 1e-3 {
+        return Err(UnitError::TooSmall(input.to_string(), "1ms"));
+    }
     Ok(Duration::from_secs_f64(secs))
 }
 
@@ -65,6 +71,9 @@ pub fn parse_size(input: &str) -> Result<u64, UnitError> {
         let bytes = v * (1u64 << shift) as f64;
         if !bytes.is_finite() || bytes >= u64::MAX as f64 {
             return Err(err());
+        }
+        if bytes > 0.0 && bytes < 1.0 {
+            return Err(UnitError::TooSmall(input.to_string(), "1 byte"));
         }
         return Ok(bytes as u64);
     }
@@ -96,6 +105,15 @@ mod tests {
         for bad in ["", "-1", "abc", "5 years", ".", "1e999", "nan"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        // Above zero but below a millisecond: not "no cap" (0).
+        for tiny in ["0.0000000001", "0.0005", "0.5ms"] {
+            assert!(
+                matches!(parse_duration(tiny), Err(UnitError::TooSmall(..))),
+                "{tiny}"
+            );
+        }
+        assert_eq!(parse_duration("0.001"), Ok(Duration::from_millis(1)));
+        assert_eq!(parse_duration("0.0"), Ok(Duration::ZERO));
     }
 
     #[test]
@@ -108,6 +126,10 @@ mod tests {
         for bad in ["", "-5", "12Q", "M", "99999999999999999999T"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
+        // 0.5 bytes used to truncate to 0, which means "no cap".
+        assert!(matches!(parse_size("0.5"), Err(UnitError::TooSmall(..))));
+        assert_eq!(parse_size("0.5K"), Ok(512));
+        assert_eq!(parse_size("0.0"), Ok(0));
     }
 
     #[test]
