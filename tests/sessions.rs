@@ -135,11 +135,55 @@ fn bad_ids_and_broken_sessions_give_clear_errors() {
     let ev = h.sessions_dir().join(id).join("events.jsonl");
     let mut content = std::fs::read_to_string(&ev).unwrap();
     content.push_str("{\"ts_ms\":1600,\"session_id\":\"x\",\"type\":\"stdout_li");
-    std::fs::write(&ev, content).unwrap();
+    std::fs::write(&ev, &content).unwrap();
     let o = h.run(&["replay", id, "--no-timestamps"]);
     assert_eq!(code(&o), 1);
     assert_eq!(stdout(&o), "hello\nbye\n");
     assert!(stderr(&o).contains("unreadable line"), "{}", stderr(&o));
+
+    // An output event whose bytes cannot be read is named, not skipped.
+    let lines: Vec<String> = content.lines().map(String::from).collect();
+    let fixed: Vec<String> = lines[..lines.len() - 1]
+        .iter()
+        .map(|l| l.replace("\"line\":\"bye\"", "\"line_b64\":\"not base64!\""))
+        .collect();
+    assert_ne!(fixed.join("\n"), lines[..lines.len() - 1].join("\n"));
+    std::fs::write(&ev, fixed.join("\n") + "\n").unwrap();
+    let o = h.run(&["replay", id, "--no-timestamps"]);
+    assert_eq!(code(&o), 1);
+    assert_eq!(stdout(&o), "hello\n");
+    assert!(
+        stderr(&o).contains("bytes cannot be read"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Cut at a line boundary before the run's end: said, exit 1.
+    let cut: Vec<&String> = lines
+        .iter()
+        .filter(|l| !l.contains("\"run_finished\""))
+        .collect();
+    let cut: Vec<&str> = cut[..cut.len() - 1].iter().map(|l| l.as_str()).collect();
+    std::fs::write(&ev, cut.join("\n") + "\n").unwrap();
+    let o = h.run(&["replay", id, "--no-timestamps"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("no run_finished"), "{}", stderr(&o));
+
+    // Files that are not regular files are refused at once, never read or
+    // waited on: a FIFO as events.jsonl, a link to /dev/zero as session.json.
+    std::fs::remove_file(&ev).unwrap();
+    nix::unistd::mkfifo(&ev, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let t = std::time::Instant::now();
+    let o = h.run(&["replay", id]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("not a regular file"), "{}", stderr(&o));
+    let meta = h.sessions_dir().join(id).join("session.json");
+    std::fs::remove_file(&meta).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &meta).unwrap();
+    let o = h.run(&["sessions", "show", id]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("symbolic link"), "{}", stderr(&o));
+    assert!(t.elapsed() < std::time::Duration::from_secs(10));
 }
 
 #[test]

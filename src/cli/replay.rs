@@ -53,6 +53,11 @@ enum ReplayError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "session {id}: events.jsonl ends before the run's end (no run_finished): the record \
+         was cut, so the output above may be incomplete (vallignus sessions verify {id})"
+    )]
+    Cut { id: String },
     #[error("session {id}: events.jsonl has {count} unreadable line(s), first at line {first}: {reason}")]
     BadEvents {
         id: String,
@@ -85,18 +90,34 @@ fn replay(args: &ReplayArgs) -> Result<(), ReplayError> {
         source,
     })?;
 
-    // Bad lines are collected and reported after what could be replayed.
+    // Bad lines are collected and reported after what could be replayed:
+    // lines that are not events, and output events without readable bytes
+    // (nothing is skipped silently).
     let mut bad: Vec<BadLine> = Vec::new();
     let mut io_error = None;
-    let events = reader.filter_map(|item| match item {
-        Ok(Ok(ev)) => Some(ev),
-        Ok(Err(b)) => {
-            bad.push(b);
-            None
-        }
-        Err(e) => {
-            io_error.get_or_insert(e);
-            None
+    let mut finished = false;
+    let mut reader = reader;
+    let events = std::iter::from_fn(|| loop {
+        let item = reader.next()?;
+        match item {
+            Ok(Ok(ev)) if ev.stream().is_some() && ev.line_bytes().is_none() => {
+                bad.push(BadLine {
+                    line_no: reader.line_no(),
+                    reason: "an output event whose bytes cannot be read (line_b64 is not \
+                             base64, or there is no line)"
+                        .into(),
+                    truncated_tail: false,
+                });
+            }
+            Ok(Ok(ev)) => {
+                finished |= ev.kind == "run_finished";
+                return Some(ev);
+            }
+            Ok(Err(b)) => bad.push(b),
+            Err(e) => {
+                io_error.get_or_insert(e);
+                return None;
+            }
         }
     });
     let events: Box<dyn Iterator<Item = RecordedEvent>> = Box::new(events);
@@ -159,6 +180,16 @@ fn replay(args: &ReplayArgs) -> Result<(), ReplayError> {
     out.flush().map_err(io)?;
     if let Some(e) = io_error {
         return Err(ReplayError::Io { path, source: e });
+    }
+    use crate::session::Status;
+    let ended = matches!(
+        meta.effective_status(),
+        Status::Finished | Status::Terminated
+    );
+    if bad.is_empty() && ended && !finished {
+        return Err(ReplayError::Cut {
+            id: meta.session_id.clone(),
+        });
     }
     if let Some(first) = bad.first() {
         return Err(ReplayError::BadEvents {

@@ -92,11 +92,54 @@ pub struct EventReader<R> {
 }
 
 impl EventReader<BufReader<File>> {
+    /// Open a session's `events.jsonl` (a regular file, never through a
+    /// link; see `seal::open_nofollow`).
     pub fn open(path: &Path) -> io::Result<Self> {
         Ok(Self::new(BufReader::with_capacity(
             1 << 16,
-            File::open(path)?,
+            super::seal::open_nofollow(path)?,
         )))
+    }
+}
+
+/// Longest event line parsed (as `sessions verify`): a line event holds at
+/// most 64 KiB of output (~350 KiB escaped); longer lines are reported, not
+/// held in memory.
+pub const MAX_EVENT_LINE: usize = 16 << 20;
+
+/// Read up to and including the next newline into `buf`, keeping at most
+/// `max` bytes (the rest of a longer line is read and dropped). Returns the
+/// bytes read, and whether the line was longer than `max`.
+fn read_line_bounded<R: BufRead>(
+    input: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<(usize, bool)> {
+    let mut total = 0;
+    let mut long = false;
+    loop {
+        let chunk = match input.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok((total, long));
+        }
+        let (take, done) = match memchr::memchr(b'\n', chunk) {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = max.saturating_sub(buf.len());
+        if take > room {
+            long = true;
+        }
+        buf.extend_from_slice(&chunk[..take.min(room)]);
+        input.consume(take);
+        total += take;
+        if done {
+            return Ok((total, long));
+        }
     }
 }
 
@@ -108,6 +151,11 @@ impl<R: BufRead> EventReader<R> {
             line_no: 0,
         }
     }
+
+    /// The line number of the last item returned (1-based).
+    pub fn line_no(&self) -> u64 {
+        self.line_no
+    }
 }
 
 impl<R: BufRead> Iterator for EventReader<R> {
@@ -116,12 +164,19 @@ impl<R: BufRead> Iterator for EventReader<R> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             self.buf.clear();
-            match self.input.read_until(b'\n', &mut self.buf) {
-                Ok(0) => return None,
-                Ok(_) => {}
+            let long = match read_line_bounded(&mut self.input, &mut self.buf, MAX_EVENT_LINE) {
+                Ok((0, _)) => return None,
+                Ok((_, long)) => long,
                 Err(e) => return Some(Err(e)),
-            }
+            };
             self.line_no += 1;
+            if long {
+                return Some(Ok(Err(BadLine {
+                    line_no: self.line_no,
+                    reason: format!("longer than {MAX_EVENT_LINE} bytes (not read)"),
+                    truncated_tail: false,
+                })));
+            }
             let complete = self.buf.last() == Some(&b'\n');
             let line = self.buf.trim_ascii();
             if line.is_empty() {
@@ -141,6 +196,32 @@ impl<R: BufRead> Iterator for EventReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_lines_are_flagged_and_not_kept() {
+        let data = b"short\n0123456789abcdef\nnext\nlast-no-newline";
+        // A reader with 3-byte chunks: lines cross buffer refills.
+        let mut input = BufReader::with_capacity(3, &data[..]);
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        loop {
+            buf.clear();
+            let (n, long) = read_line_bounded(&mut input, &mut buf, 8).unwrap();
+            if n == 0 {
+                break;
+            }
+            got.push((n, long, String::from_utf8(buf.clone()).unwrap()));
+        }
+        assert_eq!(
+            got,
+            [
+                (6, false, "short\n".to_string()),
+                (17, true, "01234567".to_string()),
+                (5, false, "next\n".to_string()),
+                (15, true, "last-no-".to_string()),
+            ]
+        );
+    }
 
     #[test]
     fn reads_old_and_new_and_truncated() {

@@ -276,12 +276,41 @@ impl Seal {
     }
 }
 
-/// Open a session file for reading, refusing a symlink in its place.
+/// Open a session file for reading: a regular file only, never through a
+/// symlink, and without blocking on a FIFO or device in its place (a
+/// session directory is data, and may have been tampered with).
 pub(crate) fn open_nofollow(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a symbolic link (session files are never followed)",
+            ),
+            _ => e,
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// Read a whole session file of at most `max` bytes (see [`open_nofollow`]).
+pub(crate) fn read_small(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open_nofollow(path)?.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Hex hash of a file's contents, read in chunks (bounded memory).

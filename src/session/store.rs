@@ -226,9 +226,11 @@ impl Store {
         fs::write(&path, format!("{pid} {start_time}\n")).map_err(io_err(&path))
     }
 
-    /// The supervisor (pid, start time) recorded in a running marker.
+    /// The supervisor (pid, start time) recorded in a running marker (a
+    /// small regular file; anything else in its place is no marker).
     pub fn running_supervisor(&self, session_id: &str) -> Option<(i32, u64)> {
-        let text = fs::read_to_string(self.running_dir().join(session_id)).ok()?;
+        let bytes = super::seal::read_small(&self.running_dir().join(session_id), 64).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
         let mut parts = text.split_whitespace();
         Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
     }
@@ -251,10 +253,14 @@ impl Store {
     }
 }
 
-/// Read and parse `<dir>/session.json`.
+/// Largest `session.json` read (they are a few KiB).
+const MAX_META_BYTES: u64 = 16 << 20;
+
+/// Read and parse `<dir>/session.json` (a regular file, not a link, at
+/// most [`MAX_META_BYTES`]), which must name the session it is in.
 pub fn load_meta(session_id: &str, dir: &Path) -> Result<SessionMeta, SessionError> {
     let path = dir.join("session.json");
-    let bytes = match fs::read(&path) {
+    let bytes = match super::seal::read_small(&path, MAX_META_BYTES) {
         Ok(b) => b,
         Err(e) if e.kind() == ErrorKind::NotFound => {
             return Err(SessionError::Corrupt {
@@ -273,6 +279,15 @@ pub fn load_meta(session_id: &str, dir: &Path) -> Result<SessionMeta, SessionErr
         })?;
     if meta.session_id.is_empty() {
         meta.session_id = session_id.to_string();
+    } else if meta.session_id != session_id {
+        return Err(SessionError::Corrupt {
+            id: session_id.into(),
+            path,
+            reason: format!(
+                "names session {:?}, but it is in the directory of {session_id}",
+                meta.session_id
+            ),
+        });
     }
     Ok(meta)
 }

@@ -98,8 +98,15 @@ pub fn reap_sessions(store: &Store) -> Vec<String> {
             continue;
         }
         let marker = store.running_supervisor(&id);
+        let meta_missing = matches!(
+            fs::symlink_metadata(dir.join("session.json")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound
+        );
         let mut meta = match load_meta(&id, &dir) {
             Ok(meta) => meta,
+            // An unreadable session.json is left as it is (nothing lost):
+            // it is listed as unreadable, with why.
+            Err(_) if !meta_missing => continue,
             // The supervisor died before its first session.json: write one
             // from what the marker says, if that supervisor is gone.
             Err(_) => match marker {
@@ -169,6 +176,34 @@ mod tests {
         assert_eq!(meta.status, Some(Status::Interrupted));
         assert_eq!(meta.termination_reason.as_deref(), Some("supervisor_lost"));
         assert_eq!(store.running_ids(), vec![alive]);
+    }
+
+    /// An unreadable session.json is never replaced by an empty record,
+    /// and a marker that is not a small regular file (a FIFO, a link to
+    /// /dev/zero) is no marker: nothing blocks or reads without end.
+    #[test]
+    fn unreadable_session_files_and_odd_markers_are_left_alone() {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::new(home.path().to_path_buf());
+        let (broken, dir) = store.create_session_dir().unwrap();
+        let truncated = b"{\"session_id\": \"x\", \"command\": [\"agent\"";
+        fs::write(dir.join("session.json"), truncated).unwrap();
+        let me = std::process::id() as i32;
+        let start = proc_start_time(me).unwrap();
+        store.mark_running(&broken, me, start + 1).unwrap();
+        assert!(reap_sessions(&store).is_empty());
+        assert_eq!(fs::read(dir.join("session.json")).unwrap(), truncated);
+
+        let (fifo, _) = store.create_session_dir().unwrap();
+        let marker = store.running_dir().join(&fifo);
+        nix::unistd::mkfifo(&marker, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (zero, _) = store.create_session_dir().unwrap();
+        std::os::unix::fs::symlink("/dev/zero", store.running_dir().join(&zero)).unwrap();
+        let t = std::time::Instant::now();
+        assert_eq!(store.running_supervisor(&fifo), None);
+        assert_eq!(store.running_supervisor(&zero), None);
+        let _ = reap_sessions(&store);
+        assert!(t.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
