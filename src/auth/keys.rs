@@ -171,10 +171,25 @@ impl AuthStore {
         Ok((kid, key))
     }
 
-    /// The private key of `kid` (only the active one exists).
+    /// The private key of `kid` (only the active one exists). Its public
+    /// half must be there and match: what it signs must be verifiable (a
+    /// token or seal signed without it would be refused later, far from
+    /// the cause).
     pub(crate) fn signing_key(&self, kid: &str) -> Result<SigningKey, AuthError> {
         let path = self.private_key_path(kid)?;
-        let file: PrivateKeyFile = store::read_json_object(&path)?.ok_or(AuthError::NoActiveKey)?;
+        let Some(file) = store::read_json_object::<PrivateKeyFile>(&path)? else {
+            // Only the active key keeps its private half.
+            if self.active_kid()?.as_deref() != Some(kid) {
+                return Err(AuthError::NoActiveKey);
+            }
+            return Err(AuthError::Corrupt {
+                path: path.clone(),
+                reason: format!(
+                    "missing: keys/active names {kid}, but its private key is gone \
+                     (vallignus auth rotate-key makes a new one)"
+                ),
+            });
+        };
         store::check_private(&path)?;
         let corrupt = |reason: &str| AuthError::Corrupt {
             path: path.clone(),
@@ -186,7 +201,17 @@ impl AuthStore {
         if file.kid != kid || ids::kid_for_public_key(&key.verifying_key().to_bytes()) != kid {
             return Err(corrupt("the key does not match its key id"));
         }
-        Ok(key)
+        match self.verifying_key(kid)? {
+            Some(public) if public == key.verifying_key() => Ok(key),
+            Some(_) => Err(AuthError::Corrupt {
+                path: self.public_key_path(kid)?,
+                reason: "does not match the private key".into(),
+            }),
+            None => Err(AuthError::Corrupt {
+                path: self.public_key_path(kid)?,
+                reason: "missing: what this key signs could not be verified".into(),
+            }),
+        }
     }
 
     /// The public key of `kid`, or `None` if this store never had it.
@@ -317,5 +342,35 @@ mod tests {
             store.verifying_key("../../x"),
             Err(AuthError::InvalidId(_))
         ));
+    }
+
+    /// Signing needs the public half too (else tokens and seals would be
+    /// refused later), and a missing private key is named as such, not as
+    /// "no key yet" (which `auth init` then contradicts).
+    #[test]
+    fn signing_needs_both_halves_and_names_what_is_missing() {
+        let home = tempfile::tempdir().unwrap();
+        let store = AuthStore::new(home.path());
+        let now = SystemTime::now();
+        let (kid, _) = store.init(now).unwrap();
+        assert!(store.active_signing_key(now).is_ok());
+        let pub_path = store.keys_dir().join(format!("{kid}.pub"));
+        let public = std::fs::read(&pub_path).unwrap();
+        std::fs::write(&pub_path, b"{").unwrap();
+        assert!(matches!(
+            store.active_signing_key(now),
+            Err(AuthError::Corrupt { .. })
+        ));
+        std::fs::remove_file(&pub_path).unwrap();
+        let err = store.active_signing_key(now).unwrap_err().to_string();
+        assert!(err.contains("could not be verified"), "{err}");
+        std::fs::write(&pub_path, public).unwrap();
+        std::fs::remove_file(store.keys_dir().join(format!("{kid}.key"))).unwrap();
+        let err = store.active_signing_key(now).unwrap_err().to_string();
+        assert!(err.contains("its private key is gone"), "{err}");
+        assert!(err.contains("rotate-key"), "{err}");
+        // ... and rotate-key is the way out.
+        store.rotate_key(now).unwrap();
+        assert!(store.active_signing_key(now).is_ok());
     }
 }

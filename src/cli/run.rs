@@ -175,7 +175,7 @@ pub struct RunFlags {
     #[arg(long, value_name = "USD", value_parser = parse_spend_flag)]
     max_spend_usd: Option<Budget>,
 
-    /// Price file (YAML or TOML, USD per million tokens) over the shipped table; see
+    /// Price file (YAML, USD per million tokens) over the shipped table; see
     /// prices/default.yaml for the format.
     #[arg(long, value_name = "FILE")]
     prices: Option<PathBuf>,

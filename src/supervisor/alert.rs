@@ -91,31 +91,21 @@ pub struct Webhook {
 
 impl Webhook {
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("alert webhook {url:?}: only http:// URLs are supported (https is not yet)")
-        })?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
+        let bad = |m: String| format!("alert webhook {url:?}: {m}");
+        let normalised = crate::policy::file::validate_webhook(url).map_err(bad)?;
+        let parsed = url::Url::parse(&normalised).map_err(|e| bad(e.to_string()))?;
+        let host = match parsed.host() {
+            Some(url::Host::Domain(d)) => d.to_string(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            None => return Err(bad("the URL has no host".into())),
         };
-        if authority.is_empty() || authority.contains('@') {
-            return Err(format!(
-                "alert webhook {url:?}: no host (or credentials in the URL)"
-            ));
-        }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h.trim_start_matches('[').trim_end_matches(']').to_string(),
-                p.parse()
-                    .map_err(|_| format!("alert webhook {url:?}: bad port {p:?}"))?,
-            ),
-            _ => (authority.to_string(), 80),
-        };
+        let path = &parsed[url::Position::BeforePath..];
         Ok(Self {
             url: url.to_string(),
             host,
-            port,
-            path: path.to_string(),
+            port: parsed.port_or_known_default().unwrap_or(80),
+            path: if path.is_empty() { "/" } else { path }.to_string(),
         })
     }
 
@@ -231,6 +221,21 @@ mod tests {
         assert!(Webhook::parse("https://x/").unwrap_err().contains("https"));
         assert!(Webhook::parse("http://user:pw@x/").is_err());
         assert!(Webhook::parse("http://x:notaport/").is_err());
+        // The flag is checked as the policy file is (these passed the flag
+        // and would only have failed at the first violation).
+        for bad in [
+            "http://exa mple/x",
+            "http://:80/x",
+            "http://[::1/x",
+            "garbage",
+        ] {
+            assert!(Webhook::parse(bad).is_err(), "{bad}");
+        }
+        let w = Webhook::parse("HTTP://[::1]:8080/a?b=c").unwrap();
+        assert_eq!(
+            (w.host.as_str(), w.port, w.path.as_str()),
+            ("::1", 8080, "/a?b=c")
+        );
     }
 
     #[test]

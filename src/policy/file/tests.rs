@@ -395,9 +395,20 @@ fn webhooks() {
         "violation_protocol.alert_webhook",
     );
     assert_eq!(
-        validate_webhook("HTTPS://Hooks.Example.com:8443/a?b=c"),
-        Ok("https://hooks.example.com:8443/a?b=c".to_string())
+        validate_webhook("HTTP://Hooks.Example.com:8443/a?b=c"),
+        Ok("http://hooks.example.com:8443/a?b=c".to_string())
     );
+    // What the sender cannot post to is refused here, with the file's line
+    // and key, not when the run starts.
+    for bad in [
+        "https://hooks.example.com/",
+        "http://user:pw@h/",
+        "http://exa mple/x",
+        "http://:80/x",
+        "http://[::1/x",
+    ] {
+        assert!(validate_webhook(bad).is_err(), "{bad}");
+    }
 }
 
 #[test]
