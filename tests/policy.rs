@@ -355,11 +355,27 @@ fn check_refuses_what_run_refuses() {
             "security_context:\n  user: no-such-user-vallignus\n",
             "no-such-user-vallignus",
         ),
+        // What the proxy reads when the run starts: named by file, not by
+        // a flag nobody gave.
+        (
+            "constraints:\n  network:\n    allow_domains: [x.test]\n    prices: gone.yaml\n",
+            "price file",
+        ),
+        (
+            "constraints:\n  network:\n    allow_domains: [x.test]\n    upstream_ca: [gone.pem]\n",
+            "upstream CA file",
+        ),
+        (
+            "constraints:\n  network:\n    allow_domains: [x.test]\ncredentials:\n  - { name: K, env: \
+             VALLIGNUS_TEST_UNSET_ENV, hosts: [x.test] }\n",
+            "VALLIGNUS_TEST_UNSET_ENV",
+        ),
     ] {
         let f = env.write("p.yaml", yaml);
         let out = env.run(&["policy", "check", p(&f)]);
         assert_eq!(code(&out), 1, "{yaml}: {}", stderr(&out));
         assert!(stderr(&out).contains(needle), "{yaml}: {}", stderr(&out));
+        assert!(!stderr(&out).contains("--prices"), "{}", stderr(&out));
         assert_eq!(stdout(&out), "");
     }
 }

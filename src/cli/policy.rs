@@ -77,6 +77,15 @@ fn check(args: &CheckArgs) -> Result<(), PolicyCliError> {
     // value `run` refuses (an https webhook, an unknown user) fails here.
     let flags = super::run::RunFlags::with_policy(&args.file).map_err(PolicyCliError::Run)?;
     let (run, effective) = super::run::resolve_with_file(&flags).map_err(PolicyCliError::Run)?;
+    // The files and secrets the proxy would read when the run starts.
+    if let Some(net) = run
+        .network
+        .as_ref()
+        .filter(|n| n.mode == crate::policy::NetMode::Proxy)
+    {
+        crate::supervisor::interception::Interception::check(net)
+            .map_err(|e| PolicyCliError::Run(format!("{}: {}", args.file.display(), e)))?;
+    }
     eprintln!("vallignus: {}: valid", args.file.display());
     print(&effective, &run, args.json)
 }

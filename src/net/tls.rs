@@ -67,7 +67,7 @@ pub enum TlsError {
     },
     #[error("cannot set up TLS: {0}")]
     Config(#[from] rustls::Error),
-    #[error("--upstream-ca {}: {why}", path.display())]
+    #[error("upstream CA file {}: {why}", path.display())]
     UpstreamCa { path: PathBuf, why: String },
     #[error("cannot load the system's CA certificates: {0}")]
     SystemRoots(String),

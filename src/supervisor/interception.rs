@@ -25,7 +25,8 @@ const BUNDLE_DIR: &str = "/run/vallignus/tls";
 pub enum InterceptionError {
     #[error(transparent)]
     Tls(#[from] crate::net::tls::TlsError),
-    #[error("--prices: {0}")]
+    /// (The error names the price file, from `--prices` or the policy.)
+    #[error(transparent)]
     Prices(#[from] crate::net::spend::PriceFileError),
     #[error("--max-spend-usd {0}: not a usable amount")]
     Budget(f64),
@@ -53,6 +54,23 @@ pub struct Interception {
 }
 
 impl Interception {
+    /// What [`Interception::prepare`] reads, checked without creating
+    /// anything (for `policy check`): the upstream CA files, the price
+    /// file, the credentials' sources.
+    pub fn check(req: &NetworkRequest) -> Result<(), InterceptionError> {
+        Interceptor::new("check", &req.upstream_ca)?;
+        if let Some(usd) = req.max_spend_usd {
+            PicoUsd::from_usd_f64(usd).map_err(|_| InterceptionError::Budget(usd))?;
+        }
+        if let Some(p) = &req.prices {
+            PriceTable::load(p)?;
+        }
+        if !req.credentials.is_empty() {
+            Credentials::load(req.credentials.clone(), |k| std::env::var_os(k))?;
+        }
+        Ok(())
+    }
+
     pub fn prepare(session_id: &str, req: &NetworkRequest) -> Result<Self, InterceptionError> {
         let interceptor = Arc::new(Interceptor::new(session_id, &req.upstream_ca)?);
         let spend = match req.max_spend_usd {
