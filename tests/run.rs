@@ -36,16 +36,38 @@ fn not_found_and_not_executable() {
     let h = Home::new();
     let o = h.run(&["run", "-q", "--", "/nonexistent/agent"]);
     assert_eq!(code(&o), 127);
-    assert!(stderr(&o).contains("command not found"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("/nonexistent/agent: command not found"),
+        "{}",
+        stderr(&o)
+    );
+    // A script whose #! interpreter is missing exists: said so.
+    let bad = h.path().join("bad-interp.sh");
+    std::fs::write(&bad, "#!/nonexistent/interp\necho hi\n").unwrap();
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = h.run(&["run", "-q", "--", bad.to_str().unwrap()]);
+    assert_eq!(code(&o), 127);
+    assert!(
+        stderr(&o).contains("its interpreter (the #! line)"),
+        "{}",
+        stderr(&o)
+    );
+    let o = h.run(&["run", "-q", "--", "/tmp"]);
+    assert_eq!(code(&o), 126);
+    assert!(
+        stderr(&o).contains("/tmp: is a directory"),
+        "{}",
+        stderr(&o)
+    );
     let script = h.path().join("agent.sh");
     std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
     let o = h.run(&["run", "-q", "--", script.to_str().unwrap()]);
     assert_eq!(code(&o), 126, "{}", stderr(&o));
-    // Both are recorded as sessions that failed to start.
+    // All are recorded as sessions that failed to start.
     let listing = h.run(&["sessions", "list", "--json"]);
     let arr: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
-    assert_eq!(arr.as_array().unwrap().len(), 2);
+    assert_eq!(arr.as_array().unwrap().len(), 4);
     for s in arr.as_array().unwrap() {
         assert_eq!(s["status"], "failed_to_start");
         // What 0.4.2 wrote for a run that could not start.

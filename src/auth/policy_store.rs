@@ -24,6 +24,9 @@ struct StoredPolicy {
     policy_hash: String,
 }
 
+/// The readable policies, and the unreadable ones with why.
+pub type PolicyListing = (Vec<PolicySummary>, Vec<(String, AuthError)>);
+
 /// One policy as `list-policies` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicySummary {
@@ -212,29 +215,51 @@ impl AuthStore {
     }
 
     /// Every policy with its latest version, by id.
+    /// Every policy; an error if one cannot be read (see [`policy_listing`]).
+    ///
+    /// [`policy_listing`]: AuthStore::policy_listing
     pub fn list_policies(&self) -> Result<Vec<PolicySummary>, AuthError> {
+        let (policies, mut unreadable) = self.policy_listing()?;
+        match unreadable.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(policies),
+        }
+    }
+
+    /// Every policy that can be read, and the ids of those that cannot
+    /// (with why): one broken policy does not hide the others.
+    pub fn policy_listing(&self) -> Result<PolicyListing, AuthError> {
         let mut out = Vec::new();
+        let mut unreadable = Vec::new();
         for name in store::dir_names(&self.policies_dir())? {
             if ids::policy_id(&name).is_err() {
                 continue;
             }
-            let Some(version) = self.latest_policy_version(&name)? else {
-                continue;
-            };
-            let Some(stored) = self.load_stored(&name, version)? else {
-                continue;
-            };
-            let versions = self.policy_versions(&name)?;
-            let altered = self.altered_versions(&name, &versions);
-            out.push(PolicySummary {
-                intact: altered.is_empty(),
-                policy_hash: stored.policy.hash(),
-                latest: stored.policy,
-                versions,
-                altered,
-            });
+            match self.policy_summary(&name) {
+                Ok(Some(summary)) => out.push(summary),
+                Ok(None) => {}
+                Err(e) => unreadable.push((name, e)),
+            }
         }
-        Ok(out)
+        Ok((out, unreadable))
+    }
+
+    fn policy_summary(&self, name: &str) -> Result<Option<PolicySummary>, AuthError> {
+        let Some(version) = self.latest_policy_version(name)? else {
+            return Ok(None);
+        };
+        let Some(stored) = self.load_stored(name, version)? else {
+            return Ok(None);
+        };
+        let versions = self.policy_versions(name)?;
+        let altered = self.altered_versions(name, &versions);
+        Ok(Some(PolicySummary {
+            intact: altered.is_empty(),
+            policy_hash: stored.policy.hash(),
+            latest: stored.policy,
+            versions,
+            altered,
+        }))
     }
 
     /// The versions of a policy whose content no longer matches the hash
@@ -349,6 +374,24 @@ mod tests {
         assert_eq!(list[0].latest.max_requests, Some(99));
         assert_eq!(list[0].altered.len(), 1);
         assert_eq!(list[0].altered[0].version, 1);
+    }
+
+    /// One policy whose latest version is corrupt is named; the others
+    /// are still listed.
+    #[test]
+    fn a_broken_policy_does_not_hide_the_others() {
+        let home = tempfile::tempdir().unwrap();
+        let store = AuthStore::new(home.path());
+        let now = SystemTime::now();
+        store.create_policy("good", &edit("a.com"), now).unwrap();
+        store.create_policy("bad", &edit("b.com"), now).unwrap();
+        std::fs::write(store.policies_dir().join("bad").join("v0001.json"), "{").unwrap();
+        let (list, unreadable) = store.policy_listing().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].latest.policy_id, "good");
+        assert_eq!(unreadable.len(), 1);
+        assert_eq!(unreadable[0].0, "bad");
+        assert!(store.list_policies().is_err());
     }
 
     #[test]

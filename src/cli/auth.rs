@@ -399,7 +399,10 @@ fn list_agents(store: &AuthStore, json: bool) -> Result<(), CliError> {
 }
 
 fn list_policies(store: &AuthStore, json: bool) -> Result<(), CliError> {
-    let policies = store.list_policies()?;
+    let (policies, unreadable) = store.policy_listing()?;
+    for (id, e) in &unreadable {
+        eprintln!("vallignus: warning: policy {id} cannot be read: {e}");
+    }
     if json {
         out_json(&policies);
         return Ok(());

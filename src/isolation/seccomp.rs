@@ -53,7 +53,7 @@ pub enum SeccompError {
     #[error("seccomp filters are not supported on {arch} (only x86_64 and aarch64)")]
     UnsupportedArch { arch: &'static str },
     /// A custom profile file could not be read.
-    #[error("cannot read seccomp profile {}", path.display())]
+    #[error("cannot read seccomp profile {}: {source}", path.display())]
     ReadProfile {
         path: PathBuf,
         #[source]

@@ -33,6 +33,11 @@ pub fn resolve(spec: &str) -> Result<RunAs, String> {
                 .map(|u| u.gid.as_raw());
             (uid, gid)
         }
+        Err(_) if user.bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(format!(
+                "invalid --user {spec:?}: {user} is not a user id (ids are below 4294967295)"
+            ))
+        }
         Err(_) => match User::from_name(user) {
             Ok(Some(u)) => (u.uid.as_raw(), Some(u.gid.as_raw())),
             Ok(None) => return Err(format!("invalid --user {spec:?}: no user named {user:?}")),

@@ -78,13 +78,41 @@ pub enum RunError {
     },
     #[error("cannot start the console writer: {0}")]
     Console(#[source] std::io::Error),
+    /// The command could not be executed (127 not found, 126 not
+    /// executable); the message names it.
+    #[error("{message}")]
+    Exec { message: String, code: u8 },
 }
 
 impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Spawn(e) => e.exit_code(),
+            RunError::Exec { code, .. } => *code,
             _ => 125,
+        }
+    }
+
+    /// The child's exec of `program` failed: say which program, and what
+    /// ENOENT means for a file that exists (its `#!` interpreter, or a
+    /// library it needs, is missing).
+    fn exec_failed(program: &str, error: &channel::ChildError) -> Self {
+        let errno = nix::errno::Errno::from_raw(error.errno);
+        let exists = program.contains('/') && std::path::Path::new(program).exists();
+        let message = match error.errno {
+            libc::ENOENT if exists => format!(
+                "{program}: cannot be run: its interpreter (the #! line) or a library it needs \
+                 was not found ({errno})"
+            ),
+            libc::EISDIR => format!("{program}: is a directory ({errno})"),
+            libc::EACCES if std::path::Path::new(program).is_dir() => {
+                format!("{program}: is a directory, not a command ({errno})")
+            }
+            _ => format!("{program}: {error}"),
+        };
+        RunError::Exec {
+            message,
+            code: error.exit_code(),
         }
     }
 }
@@ -444,6 +472,9 @@ fn run_session(
     let started_ok = network.and_then(|net| {
         let env = net.as_ref().map(|n| n.env.clone()).unwrap_or_default();
         pending.go(&env).map(|()| net).map_err(|e| match e {
+            SpawnError::Child(c) if c.stage == channel::Stage::Exec => {
+                RunError::exec_failed(&command[0], &c)
+            }
             SpawnError::Child(c) if c.stage == channel::Stage::Mounts => plan
                 .private_dirs
                 .failure(c.detail, nix::errno::Errno::from_raw(c.errno))
