@@ -45,6 +45,21 @@ impl CapFlags {
     }
 }
 
+/// `--allow-domain` / `--deny-domain`: a domain pattern, checked where it
+/// is given (so the error names the flag and the value).
+fn parse_domain(s: &str) -> Result<String, String> {
+    crate::policy::domain::DomainPattern::parse(s)
+        .map(|_| s.to_string())
+        .map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains(&format!("{s:?}")) {
+                msg
+            } else {
+                format!("{s:?}: {msg}")
+            }
+        })
+}
+
 /// `--tmp-size`: a size above zero (a tmpfs of size=0 has no limit).
 fn parse_tmp_size(s: &str) -> Result<u64, String> {
     match parse_size(s) {
@@ -152,11 +167,11 @@ pub struct RunFlags {
 
     /// Allow requests to this domain through the proxy (`example.com` exact,
     /// `*.example.com` subdomains only). Repeatable.
-    #[arg(long, value_name = "DOMAIN")]
+    #[arg(long, value_name = "DOMAIN", value_parser = parse_domain)]
     allow_domain: Vec<String>,
 
     /// Deny this domain (deny wins over allow). Repeatable.
-    #[arg(long, value_name = "DOMAIN")]
+    #[arg(long, value_name = "DOMAIN", value_parser = parse_domain)]
     deny_domain: Vec<String>,
 
     /// Let CONNECT tunnels reach this port (default: 443 only); the TLS SNI check still

@@ -20,9 +20,9 @@ pub enum SessionsCommand {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Show at most N sessions.
-    #[arg(long, default_value_t = 20, value_name = "N")]
-    limit: usize,
+    /// Show at most N sessions (N >= 1).
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    limit: u64,
     /// Print JSON (an array of session.json objects) instead of a table.
     #[arg(long)]
     json: bool,
@@ -115,7 +115,8 @@ fn truncate(s: &str, max: usize) -> String {
 fn list(args: &ListArgs) -> Result<(), SessionError> {
     let store = open_store()?;
     let listing = store.list()?;
-    let shown: Vec<&SessionMeta> = listing.sessions.iter().take(args.limit).collect();
+    let limit = usize::try_from(args.limit).unwrap_or(usize::MAX);
+    let shown: Vec<&SessionMeta> = listing.sessions.iter().take(limit).collect();
     if args.json {
         let arr: Vec<serde_json::Value> = shown
             .iter()

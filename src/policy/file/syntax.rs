@@ -65,6 +65,13 @@ pub(super) fn describe(e: &Error, text: &str, track_path: &str) -> Described {
             "the file ends in the middle of a value (an unclosed bracket or quote?)".to_string()
         }
         _ if unknown_key => raw.replacen("unknown field", "unknown key", 1),
+        // The parser's own words name its API or its configuration.
+        _ if raw.starts_with("multiple YAML documents") => {
+            "a policy file is one YAML document; this one has another after `---`".to_string()
+        }
+        _ if raw.contains("non-finite float") => {
+            "expected a finite number (.inf and .nan are not values here)".to_string()
+        }
         _ => raw,
     };
     Described {

@@ -464,6 +464,13 @@ fn syntax_errors_name_the_line() {
             "credentials[0]",
             "missing key `name`",
         ),
+        // Not the parser's advice (from_str_multiple, "configured policy").
+        (
+            "constraints:\n  cpu: .inf\n",
+            2,
+            "constraints.cpu",
+            "expected a finite number",
+        ),
     ] {
         let e = err_at(text, line, key);
         let msg = e.to_string();
@@ -810,4 +817,13 @@ fn end_on_pids_max_is_a_boolean() {
         2,
         "constraints.end_on_pids_max",
     );
+}
+
+#[test]
+fn a_second_yaml_document_is_named_in_the_file_s_words() {
+    let e = p("constraints:\n  pids: 5\n---\nconstraints:\n  pids: 6\n").unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("one YAML document"), "{msg}");
+    assert!(!msg.contains("from_str_multiple"), "{msg}");
+    assert_eq!(e.line(), Some(4), "{msg}");
 }
