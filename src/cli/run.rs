@@ -45,21 +45,6 @@ impl CapFlags {
     }
 }
 
-/// `--allow-domain` / `--deny-domain`: a domain pattern, checked where it
-/// is given (so the error names the flag and the value).
-fn parse_domain(s: &str) -> Result<String, String> {
-    crate::policy::domain::DomainPattern::parse(s)
-        .map(|_| s.to_string())
-        .map_err(|e| {
-            let msg = e.to_string();
-            if msg.contains(&format!("{s:?}")) {
-                msg
-            } else {
-                format!("{s:?}: {msg}")
-            }
-        })
-}
-
 /// `--tmp-size`: a size above zero (a tmpfs of size=0 has no limit).
 fn parse_tmp_size(s: &str) -> Result<u64, String> {
     match parse_size(s) {
@@ -167,11 +152,11 @@ pub struct RunFlags {
 
     /// Allow requests to this domain through the proxy (`example.com` exact,
     /// `*.example.com` subdomains only). Repeatable.
-    #[arg(long, value_name = "DOMAIN", value_parser = parse_domain)]
+    #[arg(long, value_name = "DOMAIN")]
     allow_domain: Vec<String>,
 
     /// Deny this domain (deny wins over allow). Repeatable.
-    #[arg(long, value_name = "DOMAIN", value_parser = parse_domain)]
+    #[arg(long, value_name = "DOMAIN")]
     deny_domain: Vec<String>,
 
     /// Let CONNECT tunnels reach this port (default: 443 only); the TLS SNI check still
@@ -675,7 +660,17 @@ pub fn resolve_with_file(
         );
     }
     if let Some(net) = &p.network {
-        // Validate the rules now: a bad pattern is a flag error (exit 125).
+        // Validate the rules now: a bad pattern is a flag error (exit 125),
+        // named by its flag when it is one.
+        for (flag, list) in [
+            ("--allow-domain", &args.allow_domain),
+            ("--deny-domain", &args.deny_domain),
+        ] {
+            for d in list {
+                crate::policy::domain::DomainPattern::parse(d)
+                    .map_err(|e| format!("{flag} {d:?}: {e}"))?;
+            }
+        }
         net.rules().map_err(|e| format!("network rules: {e}"))?;
         for d in &net.tls_passthrough {
             crate::policy::domain::DomainPattern::parse(d)
