@@ -97,7 +97,9 @@ pub fn place(args: &[OsString], run_at: usize, flags: &[Flag]) -> Result<Placed,
             command.extend(rest[i + 1..].iter().cloned());
             break;
         }
-        match known(arg, flags) {
+        // Only long flags: short ones (`-q`, `-v`) are the command's.
+        let long = arg.as_encoded_bytes().starts_with(b"--");
+        match known(arg, flags).filter(|_| long) {
             Some((flag, inline)) if OLD_FLAGS.contains(&flag.long.as_str()) => {
                 before.push(arg.clone());
                 if flag.takes_value && !inline && i + 1 < rest.len() {
@@ -139,6 +141,7 @@ mod tests {
             ("--token", true),
             ("--quiet", false),
             ("--user", true),
+            ("-q", false),
         ]
         .into_iter()
         .map(|(long, takes_value)| Flag {
@@ -232,6 +235,16 @@ mod tests {
             args,
             os(&["v", "run", "--max-runtime", "2", "--", "agent", "--quiet"])
         );
+    }
+
+    #[test]
+    fn short_flags_after_the_command_are_the_command_s() {
+        let (args, moved) = placed(&["v", "run", "pip", "install", "-q", "x"]).unwrap();
+        assert_eq!(args, os(&["v", "run", "--", "pip", "install", "-q", "x"]));
+        assert!(moved.is_empty());
+        // Before the command, -q is vallignus's.
+        let (args, _) = placed(&["v", "run", "-q", "ls"]).unwrap();
+        assert_eq!(args, os(&["v", "run", "-q", "--", "ls"]));
     }
 
     #[test]
