@@ -107,16 +107,27 @@ impl EventReader<BufReader<File>> {
 /// held in memory.
 pub const MAX_EVENT_LINE: usize = 16 << 20;
 
-/// Read up to and including the next newline into `buf`, keeping at most
-/// `max` bytes (the rest of a longer line is read and dropped). Returns the
-/// bytes read, and whether the line was longer than `max`.
-fn read_line_bounded<R: BufRead>(
+/// How a line read by [`read_line_bounded`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LineEnd {
+    /// It ended with a newline (else: at the end of the input).
+    pub newline: bool,
+    /// It was longer than the bytes kept.
+    pub too_long: bool,
+}
+
+/// Read the next line (without its newline) into `buf`, keeping at most
+/// `max` bytes; `each` sees all of it, in pieces (to hash a line that is
+/// too long to keep). `None` at the end of the input.
+pub(crate) fn read_line_bounded<R: BufRead>(
     input: &mut R,
     buf: &mut Vec<u8>,
     max: usize,
-) -> io::Result<(usize, bool)> {
-    let mut total = 0;
-    let mut long = false;
+    mut each: impl FnMut(&[u8]),
+) -> io::Result<Option<LineEnd>> {
+    buf.clear();
+    let mut seen = false;
+    let mut too_long = false;
     loop {
         let chunk = match input.fill_buf() {
             Ok(c) => c,
@@ -124,21 +135,28 @@ fn read_line_bounded<R: BufRead>(
             Err(e) => return Err(e),
         };
         if chunk.is_empty() {
-            return Ok((total, long));
+            return Ok(seen.then_some(LineEnd {
+                newline: false,
+                too_long,
+            }));
         }
-        let (take, done) = match memchr::memchr(b'\n', chunk) {
-            Some(i) => (i + 1, true),
-            None => (chunk.len(), false),
+        seen = true;
+        let (part, used) = match memchr::memchr(b'\n', chunk) {
+            Some(i) => (&chunk[..i], Some(i + 1)),
+            None => (chunk, None),
         };
+        each(part);
         let room = max.saturating_sub(buf.len());
-        if take > room {
-            long = true;
-        }
-        buf.extend_from_slice(&chunk[..take.min(room)]);
-        input.consume(take);
-        total += take;
-        if done {
-            return Ok((total, long));
+        too_long |= part.len() > room;
+        buf.extend_from_slice(&part[..part.len().min(room)]);
+        let newline = used.is_some();
+        let used = used.unwrap_or(part.len());
+        input.consume(used);
+        if newline {
+            return Ok(Some(LineEnd {
+                newline: true,
+                too_long,
+            }));
         }
     }
 }
@@ -163,21 +181,21 @@ impl<R: BufRead> Iterator for EventReader<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            self.buf.clear();
-            let long = match read_line_bounded(&mut self.input, &mut self.buf, MAX_EVENT_LINE) {
-                Ok((0, _)) => return None,
-                Ok((_, long)) => long,
-                Err(e) => return Some(Err(e)),
-            };
+            let end =
+                match read_line_bounded(&mut self.input, &mut self.buf, MAX_EVENT_LINE, |_| {}) {
+                    Ok(None) => return None,
+                    Ok(Some(end)) => end,
+                    Err(e) => return Some(Err(e)),
+                };
             self.line_no += 1;
-            if long {
+            if end.too_long {
                 return Some(Ok(Err(BadLine {
                     line_no: self.line_no,
                     reason: format!("longer than {MAX_EVENT_LINE} bytes (not read)"),
                     truncated_tail: false,
                 })));
             }
-            let complete = self.buf.last() == Some(&b'\n');
+            let complete = end.newline;
             let line = self.buf.trim_ascii();
             if line.is_empty() {
                 continue;
@@ -205,20 +223,22 @@ mod tests {
         let mut buf = Vec::new();
         let mut got = Vec::new();
         loop {
-            buf.clear();
-            let (n, long) = read_line_bounded(&mut input, &mut buf, 8).unwrap();
-            if n == 0 {
+            let mut seen = 0;
+            let Some(end) =
+                read_line_bounded(&mut input, &mut buf, 8, |p| seen += p.len()).unwrap()
+            else {
                 break;
-            }
-            got.push((n, long, String::from_utf8(buf.clone()).unwrap()));
+            };
+            let kept = String::from_utf8(buf.clone()).unwrap();
+            got.push((seen, end.newline, end.too_long, kept));
         }
         assert_eq!(
             got,
             [
-                (6, false, "short\n".to_string()),
-                (17, true, "01234567".to_string()),
-                (5, false, "next\n".to_string()),
-                (15, true, "last-no-".to_string()),
+                (5, true, false, "short".to_string()),
+                (16, true, true, "01234567".to_string()),
+                (4, true, false, "next".to_string()),
+                (15, false, true, "last-no-".to_string()),
             ]
         );
     }

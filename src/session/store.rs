@@ -149,10 +149,10 @@ impl Store {
         let dir = self.sessions_dir().join(id);
         match fs::symlink_metadata(&dir) {
             Ok(m) if m.is_dir() => Ok(dir),
-            Ok(_) => Err(SessionError::Corrupt {
+            Ok(m) => Err(SessionError::Corrupt {
                 id: id.into(),
                 path: dir,
-                reason: "not a directory".into(),
+                reason: not_a_session_dir(&m).into(),
             }),
             Err(e) if e.kind() == ErrorKind::NotFound => Err(SessionError::NotFound {
                 id: id.into(),
@@ -197,8 +197,20 @@ impl Store {
         for entry in entries {
             let entry = entry.map_err(io_err(&dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if name.starts_with('.') {
                 continue;
+            }
+            match fs::symlink_metadata(entry.path()) {
+                Ok(m) if m.is_dir() => {}
+                // Something else under a session's name is reported; other
+                // names are not sessions.
+                Ok(m) if id::validate(&name).is_ok() => {
+                    listing
+                        .unreadable
+                        .push((name, not_a_session_dir(&m).to_string()));
+                    continue;
+                }
+                _ => continue,
             }
             match load_meta(&name, &entry.path()) {
                 Ok(meta) => listing.sessions.push(meta),
@@ -250,6 +262,15 @@ impl Store {
                     .collect()
             })
             .unwrap_or_default()
+    }
+}
+
+/// Why an entry under a session's name is not a session directory.
+fn not_a_session_dir(m: &fs::Metadata) -> &'static str {
+    if m.file_type().is_symlink() {
+        "a symbolic link: session directories are never followed"
+    } else {
+        "not a directory"
     }
 }
 
@@ -369,6 +390,33 @@ mod tests {
             store.load("../x"),
             Err(SessionError::InvalidId(_))
         ));
+    }
+
+    /// A link or a file under a session's name is reported, never followed.
+    #[test]
+    fn links_and_files_in_place_of_sessions_are_named() {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::new(home.path().join("h"));
+        let (id, dir) = store.create_session_dir().unwrap();
+        save_meta(
+            &dir,
+            &SessionMeta {
+                session_id: id.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let moved = home.path().join("elsewhere");
+        fs::rename(&dir, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &dir).unwrap();
+        fs::write(store.sessions_dir().join("20260101-000000-afile1"), b"x").unwrap();
+        let listing = store.list().unwrap();
+        assert!(listing.sessions.is_empty());
+        let mut names: Vec<&str> = listing.unreadable.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["20260101-000000-afile1", id.as_str()]);
+        let err = store.session_dir(&id).unwrap_err().to_string();
+        assert!(err.contains("a symbolic link"), "{err}");
     }
 
     /// Sessions started across an offset change (DST, TZ) list newest

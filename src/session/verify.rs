@@ -131,44 +131,14 @@ struct Scanned {
 /// Read the next line into `buf` (at most [`MAX_PARSED_LINE`] bytes of it),
 /// hashing all of it (without the newline). `None` at the end of the file.
 fn next_line<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>) -> io::Result<Option<Scanned>> {
-    buf.clear();
     let mut hasher = Sha256::new();
-    let mut seen = false;
-    let mut too_long = false;
-    loop {
-        let chunk = match reader.fill_buf() {
-            Ok(c) => c,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if chunk.is_empty() {
-            return Ok(seen.then(|| Scanned {
-                hash: hasher.finalize().into(),
-                newline: false,
-                too_long,
-            }));
-        }
-        seen = true;
-        let (part, done) = match memchr::memchr(b'\n', chunk) {
-            Some(i) => (&chunk[..i], Some(i + 1)),
-            None => (chunk, None),
-        };
-        hasher.update(part);
-        let room = MAX_PARSED_LINE.saturating_sub(buf.len());
-        if part.len() > room {
-            too_long = true;
-        }
-        buf.extend_from_slice(&part[..part.len().min(room)]);
-        let used = done.unwrap_or(part.len());
-        reader.consume(used);
-        if done.is_some() {
-            return Ok(Some(Scanned {
-                hash: hasher.finalize().into(),
-                newline: true,
-                too_long,
-            }));
-        }
-    }
+    let end =
+        super::reader::read_line_bounded(reader, buf, MAX_PARSED_LINE, |part| hasher.update(part))?;
+    Ok(end.map(|end| Scanned {
+        hash: hasher.finalize().into(),
+        newline: end.newline,
+        too_long: end.too_long,
+    }))
 }
 
 /// What walking `events.jsonl` found.
