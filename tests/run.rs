@@ -52,6 +52,20 @@ fn not_found_and_not_executable() {
         "{}",
         stderr(&o)
     );
+    // ... and found on PATH.
+    let path = format!("{}:{}", h.path().display(), std::env::var("PATH").unwrap());
+    let o = output_with_timeout(
+        h.cmd()
+            .env("PATH", path)
+            .args(["run", "-q", "--", "bad-interp.sh"]),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code(&o), 127);
+    assert!(
+        stderr(&o).contains("bad-interp.sh (found at "),
+        "{}",
+        stderr(&o)
+    );
     let o = h.run(&["run", "-q", "--", "/tmp"]);
     assert_eq!(code(&o), 126);
     assert!(
@@ -67,7 +81,7 @@ fn not_found_and_not_executable() {
     // All are recorded as sessions that failed to start.
     let listing = h.run(&["sessions", "list", "--json"]);
     let arr: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
-    assert_eq!(arr.as_array().unwrap().len(), 4);
+    assert_eq!(arr.as_array().unwrap().len(), 5);
     for s in arr.as_array().unwrap() {
         assert_eq!(s["status"], "failed_to_start");
         // What 0.4.2 wrote for a run that could not start.
@@ -99,6 +113,9 @@ fn flags_after_the_command_keep_0_4_2_s_meaning() {
     // After `--`, nothing is taken.
     let o = h.run(&["run", "-q", "--", "echo", "--max-runtime", "1"]);
     assert_eq!(stdout(&o), "--max-runtime 1\n");
+    // The command's own `--` stays the command's.
+    let o = h.run(&["run", "-q", "printf", "[%s]", "--", "x"]);
+    assert_eq!(stdout(&o), "[--][x]", "{}", stderr(&o));
     let o = h.run(&["run", "echo", "x", "--max-output-bytes", "5"]);
     assert_eq!(code(&o), 125);
     assert!(
@@ -365,6 +382,25 @@ fn an_open_line_is_recorded_before_the_other_stream_s_output() {
     let id = s["session_id"].as_str().unwrap().to_string();
     let o = h.run(&["replay", &id, "--no-timestamps"]);
     assert_eq!(stdout(&o), "prompt> answer\n");
+}
+
+/// A character whose first byte came before the other stream wrote is not
+/// split into two pieces (which would make both base64).
+#[test]
+fn an_open_line_is_not_cut_inside_a_character() {
+    require_cgroups!("an_open_line_is_not_cut_inside_a_character");
+    let h = Home::new();
+    let script = r#"printf '\303'; sleep 0.3; echo X >&2; sleep 0.3; printf '\251b\n'"#;
+    let o = h.run(&["run", "-q", "--", "sh", "-c", script]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "éb\n");
+    let out: Vec<serde_json::Value> = h
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "stdout_line")
+        .collect();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0]["line"], "éb");
 }
 
 #[test]

@@ -11,8 +11,9 @@
 //! - any other long flag of `run` after the command is refused: it is not
 //!   clear whether it is meant for vallignus or for the command, and a
 //!   guess either way can drop a cap or break the command;
-//! - everything else after the command is the command's, and after `--`,
-//!   everything is.
+//! - everything else after the command is the command's, and from a `--`
+//!   on, everything is, the `--` included (`vallignus run git checkout --
+//!   FILE` runs `git checkout -- FILE`).
 
 use std::ffi::{OsStr, OsString};
 
@@ -94,7 +95,9 @@ pub fn place(args: &[OsString], run_at: usize, flags: &[Flag]) -> Result<Placed,
     while i < rest.len() {
         let arg = &rest[i];
         if arg == "--" {
-            command.extend(rest[i + 1..].iter().cloned());
+            // The command's own `--` (git checkout -- FILE): kept, and no
+            // flag is looked for after it.
+            command.extend(rest[i..].iter().cloned());
             break;
         }
         // Only long flags: short ones (`-q`, `-v`) are the command's.
@@ -228,13 +231,26 @@ mod tests {
         let (args, moved) = placed(&line).unwrap();
         assert_eq!(args, os(&line));
         assert!(moved.is_empty());
-        // A `--` after the command ends the flags there (as click did).
+        // A `--` after the command is the command's (git checkout -- F),
+        // and no flag is taken after it.
         let (args, _) =
             placed(&["v", "run", "agent", "--max-runtime", "2", "--", "--quiet"]).unwrap();
         assert_eq!(
             args,
-            os(&["v", "run", "--max-runtime", "2", "--", "agent", "--quiet"])
+            os(&[
+                "v",
+                "run",
+                "--max-runtime",
+                "2",
+                "--",
+                "agent",
+                "--",
+                "--quiet"
+            ])
         );
+        let (args, moved) = placed(&["v", "run", "git", "checkout", "--", "f"]).unwrap();
+        assert_eq!(args, os(&["v", "run", "--", "git", "checkout", "--", "f"]));
+        assert!(moved.is_empty());
     }
 
     #[test]

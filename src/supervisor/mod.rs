@@ -98,14 +98,30 @@ impl RunError {
     /// library it needs, is missing).
     fn exec_failed(program: &str, error: &channel::ChildError) -> Self {
         let errno = nix::errno::Errno::from_raw(error.errno);
-        let exists = program.contains('/') && std::path::Path::new(program).exists();
-        let message = match error.errno {
-            libc::ENOENT if exists => format!(
-                "{program}: cannot be run: its interpreter (the #! line) or a library it needs \
-                 was not found ({errno})"
-            ),
-            libc::EISDIR => format!("{program}: is a directory ({errno})"),
-            libc::EACCES if std::path::Path::new(program).is_dir() => {
+        // The file exec found: the path itself, or the first match on PATH.
+        let found = if program.contains('/') {
+            Some(std::path::PathBuf::from(program)).filter(|p| p.exists())
+        } else {
+            std::env::var_os("PATH").and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|dir| dir.join(program))
+                    .find(|p| p.is_file())
+            })
+        };
+        let message = match (error.errno, &found) {
+            (libc::ENOENT, Some(file)) => {
+                let at = if program.contains('/') {
+                    String::new()
+                } else {
+                    format!(" (found at {})", file.display())
+                };
+                format!(
+                    "{program}{at}: cannot be run: its interpreter (the #! line) or a library \
+                     it needs was not found ({errno})"
+                )
+            }
+            (libc::EISDIR, _) => format!("{program}: is a directory ({errno})"),
+            (libc::EACCES, _) if std::path::Path::new(program).is_dir() => {
                 format!("{program}: is a directory, not a command ({errno})")
             }
             _ => format!("{program}: {error}"),

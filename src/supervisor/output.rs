@@ -180,7 +180,12 @@ impl Recorder {
     /// piece (keeping an incomplete UTF-8 character for the next piece).
     fn flush_open_line(&mut self, journal: &mut Journal, stream: Stream) -> io::Result<()> {
         let s = &mut self.streams[stream.index()];
-        let cut = utf8_cut(&s.pending);
+        // Up to an incomplete character at the end, which waits for its
+        // other bytes (all of the pending bytes, if that is all there is).
+        let cut = match std::str::from_utf8(&s.pending) {
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            _ => s.pending.len(),
+        };
         if cut > 0 {
             journal.line(stream, &s.pending[..cut], true)?;
             s.pending.drain(..cut);
