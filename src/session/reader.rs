@@ -93,11 +93,11 @@ pub struct EventReader<R> {
 
 impl EventReader<BufReader<File>> {
     /// Open a session's `events.jsonl` (a regular file, never through a
-    /// link; see `seal::open_nofollow`).
+    /// link; see `store::open_session_file`).
     pub fn open(path: &Path) -> io::Result<Self> {
         Ok(Self::new(BufReader::with_capacity(
             1 << 16,
-            super::seal::open_nofollow(path)?,
+            super::store::open_session_file(path)?,
         )))
     }
 }

@@ -35,9 +35,7 @@
 //! never becomes a path unvalidated.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -49,7 +47,7 @@ use sha2::{Digest, Sha256};
 
 use super::event::hex;
 use super::id;
-use super::store::{write_atomic, SessionError};
+use super::store::{open_session_file, write_atomic, SessionError};
 use crate::auth::{ids, AuthError, AuthStore};
 
 /// Name of the seal in the session directory.
@@ -251,21 +249,21 @@ impl Seal {
             path: path.clone(),
             source,
         };
-        let file = match open_nofollow(&path) {
+        let file = match open_session_file(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(e)),
         };
-        let mut bytes = Vec::new();
-        file.take(MAX_SEAL_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(io_err)?;
-        if bytes.len() as u64 > MAX_SEAL_BYTES {
-            return Err(SealError::Invalid {
-                path,
-                reason: format!("larger than {MAX_SEAL_BYTES} bytes"),
-            });
-        }
+        let bytes = match crate::textfile::read_bounded(file, MAX_SEAL_BYTES) {
+            Ok(b) => b,
+            Err(crate::textfile::ReadError::Io(e)) => return Err(io_err(e)),
+            Err(crate::textfile::ReadError::TooLarge) => {
+                return Err(SealError::Invalid {
+                    path,
+                    reason: format!("larger than {MAX_SEAL_BYTES} bytes"),
+                })
+            }
+        };
         let seal: Seal = serde_json::from_slice(&bytes).map_err(|e| SealError::Invalid {
             path: path.clone(),
             reason: e.to_string(),
@@ -276,46 +274,9 @@ impl Seal {
     }
 }
 
-/// Open a session file for reading: a regular file only, never through a
-/// symlink, and without blocking on a FIFO or device in its place (a
-/// session directory is data, and may have been tampered with).
-pub(crate) fn open_nofollow(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a symbolic link (session files are never followed)",
-            ),
-            _ => e,
-        })?;
-    if !file.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a regular file",
-        ));
-    }
-    Ok(file)
-}
-
-/// Read a whole session file of at most `max` bytes (see [`open_nofollow`]).
-pub(crate) fn read_small(path: &Path, max: u64) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    open_nofollow(path)?.take(max + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("larger than {max} bytes"),
-        ));
-    }
-    Ok(bytes)
-}
-
 /// Hex hash of a file's contents, read in chunks (bounded memory).
 pub fn hash_file(path: &Path, kind: FileHash) -> io::Result<String> {
-    let mut file = open_nofollow(path)?;
+    let mut file = open_session_file(path)?;
     let mut hasher = kind.hasher();
     let mut buf = vec![0u8; HASH_CHUNK];
     loop {

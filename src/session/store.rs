@@ -241,7 +241,7 @@ impl Store {
     /// The supervisor (pid, start time) recorded in a running marker (a
     /// small regular file; anything else in its place is no marker).
     pub fn running_supervisor(&self, session_id: &str) -> Option<(i32, u64)> {
-        let bytes = super::seal::read_small(&self.running_dir().join(session_id), 64).ok()?;
+        let bytes = read_session_file(&self.running_dir().join(session_id), 64).ok()?;
         let text = String::from_utf8(bytes).ok()?;
         let mut parts = text.split_whitespace();
         Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
@@ -265,6 +265,41 @@ impl Store {
     }
 }
 
+/// Open a session file for reading: a regular file only, never through a
+/// symlink, and without blocking on a FIFO or device in its place (a
+/// session directory is data, and may have been tampered with).
+pub(crate) fn open_session_file(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a symbolic link (session files are never followed)",
+            ),
+            _ => e,
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// A whole session file of at most `max` bytes (see [`open_session_file`]).
+pub(crate) fn read_session_file(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    crate::textfile::read_bounded(open_session_file(path)?, max).map_err(|e| match e {
+        crate::textfile::ReadError::Io(e) => e,
+        crate::textfile::ReadError::TooLarge => io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        ),
+    })
+}
+
 /// Why an entry under a session's name is not a session directory.
 fn not_a_session_dir(m: &fs::Metadata) -> &'static str {
     if m.file_type().is_symlink() {
@@ -281,7 +316,7 @@ const MAX_META_BYTES: u64 = 16 << 20;
 /// most [`MAX_META_BYTES`]), which must name the session it is in.
 pub fn load_meta(session_id: &str, dir: &Path) -> Result<SessionMeta, SessionError> {
     let path = dir.join("session.json");
-    let bytes = match super::seal::read_small(&path, MAX_META_BYTES) {
+    let bytes = match read_session_file(&path, MAX_META_BYTES) {
         Ok(b) => b,
         Err(e) if e.kind() == ErrorKind::NotFound => {
             return Err(SessionError::Corrupt {

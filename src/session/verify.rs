@@ -158,7 +158,7 @@ struct Walk {
 }
 
 fn walk_events(path: &Path, session_id: &str) -> Result<Walk, io::Error> {
-    let file = seal::open_nofollow(path)?;
+    let file = super::store::open_session_file(path)?;
     let mut reader = BufReader::with_capacity(256 * 1024, file);
     let mut buf = Vec::new();
     let mut walk = Walk {
