@@ -180,12 +180,8 @@ impl Recorder {
     /// piece (keeping an incomplete UTF-8 character for the next piece).
     fn flush_open_line(&mut self, journal: &mut Journal, stream: Stream) -> io::Result<()> {
         let s = &mut self.streams[stream.index()];
-        // Up to an incomplete character at the end, which waits for its
-        // other bytes (all of the pending bytes, if that is all there is).
-        let cut = match std::str::from_utf8(&s.pending) {
-            Err(e) if e.error_len().is_none() => e.valid_up_to(),
-            _ => s.pending.len(),
-        };
+        // An incomplete character at the end waits for its other bytes.
+        let cut = utf8_cut(&s.pending);
         if cut > 0 {
             journal.line(stream, &s.pending[..cut], true)?;
             s.pending.drain(..cut);
@@ -229,11 +225,12 @@ impl Recorder {
     }
 }
 
-/// Where to cut a full buffer: before an incomplete UTF-8 character at its
-/// end, if the rest is valid UTF-8; else the whole buffer.
+/// Where to cut a buffer: before an incomplete UTF-8 character at its end,
+/// if the rest is valid UTF-8 (0 when the buffer is only such a start;
+/// never for a full 64 KiB piece); else the whole buffer.
 fn utf8_cut(buf: &[u8]) -> usize {
     match std::str::from_utf8(buf) {
-        Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => e.valid_up_to(),
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
         _ => buf.len(),
     }
 }
