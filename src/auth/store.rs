@@ -220,23 +220,19 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, A
 /// would also take a struct's fields from an array (`[]` read as a
 /// revocation list with nothing revoked), so anything else is corrupt.
 pub(crate) fn read_json_object<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, AuthError> {
-    let Some(bytes) = read_file(path)? else {
+    let Some(value) = read_json::<serde_json::Value>(path)? else {
         return Ok(None);
     };
-    let corrupt = |reason: String| AuthError::Corrupt {
+    let corrupt = |why: &dyn std::fmt::Display| AuthError::Corrupt {
         path: path.to_path_buf(),
-        reason,
+        reason: format!("not valid JSON of the expected shape: {why}"),
     };
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| corrupt(format!("not valid JSON of the expected shape: {e}")))?;
     if !value.is_object() {
-        return Err(corrupt(
-            "not valid JSON of the expected shape: not an object".into(),
-        ));
+        return Err(corrupt(&"not an object"));
     }
     serde_json::from_value(value)
         .map(Some)
-        .map_err(|e| corrupt(format!("not valid JSON of the expected shape: {e}")))
+        .map_err(|e| corrupt(&e))
 }
 
 /// Serialize (pretty, with a final newline) and write atomically, 0600.

@@ -69,12 +69,15 @@ pub(crate) fn with_causes(err: &dyn std::error::Error) -> String {
     msg
 }
 
-/// Whether the arguments select the `run` verb (for its exit-code rules).
-fn is_run(args: &[std::ffi::OsString]) -> bool {
-    args.iter()
+/// Where the `run` verb is, if the arguments select it (the first argument
+/// that is not a flag).
+fn run_index(args: &[std::ffi::OsString]) -> Option<usize> {
+    let (i, verb) = args
+        .iter()
+        .enumerate()
         .skip(1)
-        .find(|a| !a.to_string_lossy().starts_with('-'))
-        .is_some_and(|a| a == "run")
+        .find(|(_, a)| !a.to_string_lossy().starts_with('-'))?;
+    (verb == "run").then_some(i)
 }
 
 /// `run`'s long and short flags, and whether each takes a value.
@@ -90,10 +93,7 @@ fn run_flags() -> Vec<trailing::Flag> {
             let short = a.get_short().map(|s| format!("-{s}"));
             long.into_iter()
                 .chain(short)
-                .map(move |name| trailing::Flag {
-                    long: name,
-                    takes_value,
-                })
+                .map(move |name| trailing::Flag { name, takes_value })
         })
         .collect()
 }
@@ -101,12 +101,8 @@ fn run_flags() -> Vec<trailing::Flag> {
 pub fn main() -> ExitCode {
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let mut moved = Vec::new();
-    if is_run(&args) {
-        let run_at = args
-            .iter()
-            .skip(1)
-            .position(|a| a == "run")
-            .map_or(1, |p| p + 1);
+    let run_at = run_index(&args);
+    if let Some(run_at) = run_at {
         match trailing::place(&args, run_at, &run_flags()) {
             Ok(placed) => {
                 args = placed.args;
@@ -126,7 +122,7 @@ pub fn main() -> ExitCode {
             return match e.kind() {
                 ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
                 ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => ExitCode::from(2),
-                _ if is_run(&args) => ExitCode::from(125),
+                _ if run_at.is_some() => ExitCode::from(125),
                 _ => ExitCode::from(2),
             };
         }

@@ -29,10 +29,10 @@ const OLD_FLAGS: [&str; 7] = [
     "--max-requests",
 ];
 
-/// A long flag of `run`: its name (`--max-runtime`) and whether it takes a
-/// value.
+/// A flag of `run`: its name (`--max-runtime`, `-q`) and whether it takes
+/// a value.
 pub struct Flag {
-    pub long: String,
+    pub name: String,
     pub takes_value: bool,
 }
 
@@ -53,7 +53,7 @@ fn known<'a>(arg: &OsStr, flags: &'a [Flag]) -> Option<(&'a Flag, bool)> {
         Some((name, _)) => (name, true),
         None => (arg, false),
     };
-    flags.iter().find(|f| f.long == name).map(|f| (f, inline))
+    flags.iter().find(|f| f.name == name).map(|f| (f, inline))
 }
 
 /// Whether `arg` is a flag (not `-`, which names stdin for many commands).
@@ -103,16 +103,16 @@ pub fn place(args: &[OsString], run_at: usize, flags: &[Flag]) -> Result<Placed,
         // Only long flags: short ones (`-q`, `-v`) are the command's.
         let long = arg.as_encoded_bytes().starts_with(b"--");
         match known(arg, flags).filter(|_| long) {
-            Some((flag, inline)) if OLD_FLAGS.contains(&flag.long.as_str()) => {
+            Some((flag, inline)) if OLD_FLAGS.contains(&flag.name.as_str()) => {
                 before.push(arg.clone());
                 if flag.takes_value && !inline && i + 1 < rest.len() {
                     i += 1;
                     before.push(rest[i].clone());
                 }
-                moved.push(flag.long.clone());
+                moved.push(flag.name.clone());
             }
             Some((flag, _)) => {
-                let name = &flag.long;
+                let name = &flag.name;
                 return Err(format!(
                     "{name} comes after the command: is it for vallignus or for the command? \
                      Put vallignus's flags first and the command after -- \
@@ -148,7 +148,7 @@ mod tests {
         ]
         .into_iter()
         .map(|(long, takes_value)| Flag {
-            long: long.into(),
+            name: long.into(),
             takes_value,
         })
         .collect()

@@ -251,6 +251,12 @@ pub fn server_name(host: &Host) -> ServerName<'static> {
     }
 }
 
+/// Check that every `--upstream-ca` file holds usable certificates (what
+/// [`Interceptor::new`] reads), without making a CA.
+pub fn check_upstream_cas(paths: &[PathBuf]) -> Result<(), TlsError> {
+    paths.iter().try_for_each(|p| read_ca_file(p).map(drop))
+}
+
 /// The certificates of one `--upstream-ca` file (at least one).
 fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |why: String| TlsError::UpstreamCa {

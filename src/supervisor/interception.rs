@@ -42,6 +42,11 @@ pub enum InterceptionError {
     },
 }
 
+/// `--max-spend-usd` as an amount the meter can count in.
+fn budget(usd: f64) -> Result<PicoUsd, InterceptionError> {
+    PicoUsd::from_usd_f64(usd).map_err(|_| InterceptionError::Budget(usd))
+}
+
 /// One run's interception and budget.
 #[derive(Debug)]
 pub struct Interception {
@@ -58,9 +63,9 @@ impl Interception {
     /// anything (for `policy check`): the upstream CA files, the price
     /// file, the credentials' sources.
     pub fn check(req: &NetworkRequest) -> Result<(), InterceptionError> {
-        Interceptor::new("check", &req.upstream_ca)?;
+        crate::net::tls::check_upstream_cas(&req.upstream_ca)?;
         if let Some(usd) = req.max_spend_usd {
-            PicoUsd::from_usd_f64(usd).map_err(|_| InterceptionError::Budget(usd))?;
+            budget(usd)?;
         }
         if let Some(p) = &req.prices {
             PriceTable::load(p)?;
@@ -75,10 +80,8 @@ impl Interception {
         let interceptor = Arc::new(Interceptor::new(session_id, &req.upstream_ca)?);
         let spend = match req.max_spend_usd {
             Some(usd) => {
-                let budget =
-                    PicoUsd::from_usd_f64(usd).map_err(|_| InterceptionError::Budget(usd))?;
                 let prices = PriceTable::shipped_with(req.prices.as_deref())?;
-                Some(Arc::new(Spend::new(budget, prices)))
+                Some(Arc::new(Spend::new(budget(usd)?, prices)))
             }
             None => {
                 // A price file without a budget is still checked.

@@ -98,15 +98,11 @@ pub fn reap_sessions(store: &Store) -> Vec<String> {
             continue;
         }
         let marker = store.running_supervisor(&id);
-        let meta_missing = matches!(
-            fs::symlink_metadata(dir.join("session.json")),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound
-        );
         let mut meta = match load_meta(&id, &dir) {
             Ok(meta) => meta,
             // An unreadable session.json is left as it is (nothing lost):
             // it is listed as unreadable, with why.
-            Err(_) if !meta_missing => continue,
+            Err(_) if fs::symlink_metadata(dir.join("session.json")).is_ok() => continue,
             // The supervisor died before its first session.json: write one
             // from what the marker says, if that supervisor is gone.
             Err(_) => match marker {
